@@ -1,0 +1,107 @@
+"""`ropd` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ropd.config import EngineConfig, LimitsConfig, RoleConfig
+from ropd.data.prompts import load_sample
+from ropd.io import atomic_write_parquet, atomic_write_text
+from ropd.llm.cache import CallCache
+from ropd.llm.limits import CallLimiter
+from ropd.llm.openai_compat import OpenAICompatChat
+from ropd.rubric.engine import Group, score_groups
+from ropd.rubric.prompts import RUBRICATOR_VERSION
+from ropd.rubric.tables import result_frames, teacher_below_student_rate
+from ropd.teacher import TeacherIndex, TeacherPrompt, dataset_index, fingerprint
+from ropd.testing.server import ScriptedServer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rubric-based On-policy Distillation")
+console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Rubric-based On-policy Distillation."""
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run directory for tables and the call cache")] = Path("data/runs/demo"),
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible judge endpoint; default: local stand-in")]
+    = None,
+    model: Annotated[str, typer.Option(help="judge model name at that endpoint")] = "stand-in-judge",
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the judge's key")] = "OPENAI_API_KEY",
+    max_in_flight: Annotated[int, typer.Option(min=1, help="judge calls in flight, all groups together")] = 16,
+    teacher_m: Annotated[int, typer.Option(min=1, help="teacher answers per prompt")] = 4,
+) -> None:
+    """Score the shipped sample with the reward engine: rubric induction, then blind verification."""
+    t0 = time.monotonic()
+    sample = load_sample()
+    teacher_cfg = RoleConfig(provider="dataset", model="ropd-sample-solutions")
+    prompts = [TeacherPrompt(prompt_id=g.prompt_id, question=g.question, solutions=g.solutions) for g in sample]
+    dataset_index(prompts, teacher_cfg, teacher_m, out / "teacher.parquet")
+    index = TeacherIndex.load(out / "teacher.parquet", fingerprint(teacher_cfg))
+    groups = [Group(group_id=g.prompt_id, question=g.question, teacher=index.answers(g.prompt_id),
+                    student=g.student) for g in sample]
+
+    server = None if base_url else ScriptedServer().start()
+    url = base_url or server.base_url  # type: ignore[union-attr]
+    key_env = api_key_env if base_url else None
+    rubricator_cfg = RoleConfig(base_url=url, model=model, api_key_env=key_env, temperature=0.7, max_tokens=2048)
+    verifier_cfg = RoleConfig(base_url=url, model=model, api_key_env=key_env, temperature=0.0, max_tokens=2048)
+    cache = CallCache(out / "llm_cache.sqlite")
+    limiter = CallLimiter(LimitsConfig(max_in_flight=max_in_flight))
+    rubricator = OpenAICompatChat("rubricator", rubricator_cfg, cache=cache, limiter=limiter)
+    verifier = OpenAICompatChat("verifier", verifier_cfg, cache=cache, limiter=limiter)
+    try:
+        results = asyncio.run(score_groups(groups, rubricator, verifier, EngineConfig()))
+    finally:
+        if server is not None:
+            server.stop()
+        cache.close()
+
+    frames = result_frames(results, run_id=out.name, round=0,
+                           rubricator_fingerprint=rubricator_cfg.fingerprint(RUBRICATOR_VERSION))
+    for name, df in frames.items():
+        atomic_write_parquet(df, out / f"{name}.parquet")
+    summary = {
+        "groups": len(results),
+        "ok": sum(r.ok for r in results),
+        "judge_error": sum(not r.ok for r in results),
+        "calls_sent": rubricator.calls_sent + verifier.calls_sent,
+        "cache_hits": cache.hits,
+        "teacher_below_student_rate": teacher_below_student_rate(results),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
+
+    table = Table(title=f"ROPD rewards — {len(results)} groups, judge at {'stand-in' if server else url}")
+    for col in ("prompt", "status", "criteria", "student rewards", "teacher mean"):
+        table.add_column(col)
+    for g, r in zip(groups, results, strict=True):
+        rewards = " ".join("—" if x is None else f"{x:.2f}" for x in r.rewards)
+        teacher = f"{sum(r.teacher_scores) / len(r.teacher_scores):.2f}" if r.teacher_scores else "—"
+        status = r.status.value if r.ok else f"{r.status.value} ({r.error.stage}/{r.error.type})"  # type: ignore[union-attr]
+        table.add_row(g.question[:48] + "…", status, str(len(r.rubric.criteria)) if r.rubric else "—",
+                      rewards, teacher)
+    console.print(table)
+    console.print(f"[bold]summary[/bold] {json.dumps(summary)}")
+    console.print(f"outputs: {out}/{{teacher,rubrics,criteria,judgements,rewards}}.parquet, "
+                  f"call cache {out}/llm_cache.sqlite")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

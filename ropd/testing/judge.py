@@ -1,0 +1,111 @@
+"""A deterministic stand-in judge that speaks our prompt protocol.
+
+It is what the scripted server answers with when no fault is scripted, and it backs the demo until
+a real model is configured. It reads the question and the fenced answers exactly as a real judge
+would see them and applies simple, checkable rules, so its rubrics discriminate and its verdicts are
+reproducible. It is not a model of judging quality: see docs/models.md for real judges.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+_NONCE = re.compile(r'fence="([0-9a-f]{16})"')
+_NUM = re.compile(r"-?\d+(?:\.\d+)?")
+_ARITH = re.compile(r"(-?\d+(?:\.\d+)?)\s*([+\-*/×x÷])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
+_FINAL = re.compile(r"(?im)^\s*(?:final answer|answer|####)\s*[:=]?\s*\$?(-?\d[\d,]*(?:\.\d+)?)")
+
+
+def request_kind(messages: list[dict[str, str]]) -> str:
+    """`rubric`, `verify` or `teacher`, from the versioned system prompt."""
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    if "You are the Rubricator" in system:
+        return "rubric"
+    if "You are the Verifier" in system:
+        return "verify"
+    return "teacher"
+
+
+def _fenced(kind: str, text: str, nonce: str) -> list[tuple[str, str]]:
+    pat = re.compile(rf'<{kind} id="([^"]*)" fence="{nonce}">\n(.*?)\n</{kind} fence="{nonce}">', re.DOTALL)
+    return pat.findall(text)
+
+
+def _quantities(question: str) -> list[str]:
+    return list(dict.fromkeys(_NUM.findall(question)))
+
+
+def _arith_ok(text: str) -> bool:
+    ops: dict[str, Callable[[float, float], float]] = {
+        "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "×": lambda a, b: a * b,
+        "x": lambda a, b: a * b, "/": lambda a, b: a / b if b else float("nan"),
+        "÷": lambda a, b: a / b if b else float("nan"),
+    }
+    found = _ARITH.findall(text)
+    return bool(found) and all(abs(ops[op](float(a), float(b)) - float(c)) < 1e-6 for a, op, b, c in found)
+
+
+CHECKS: dict[str, Callable[[str, str], bool]] = {
+    "final_answer": lambda q, a: len(_FINAL.findall(a)) == 1,
+    "uses_quantities": lambda q, a: all(n in a for n in _quantities(q)),
+    "arithmetic_correct": lambda q, a: _arith_ok(a),
+    "shows_steps": lambda q, a: len(_ARITH.findall(a)) >= 2,
+    "concise": lambda q, a: len(a.split()) <= 120,
+    "no_hedging": lambda q, a: not re.search(r"(?i)\b(maybe|i think|not sure|probably)\b", a),
+}
+
+
+def rubric_reply(messages: list[dict[str, str]]) -> dict:
+    user = messages[-1]["content"]
+    nonce = _NONCE.search(messages[0]["content"])
+    question = _fenced("prompt", user, nonce.group(1))[0][1] if nonce else user
+    qty = ", ".join(_quantities(question)[:6]) or "the given quantities"
+    criteria = [
+        ("final_answer", "task_fulfilment", "States exactly one final numeric answer on a line starting "
+         "with 'Answer:'.", 2),
+        ("uses_quantities", "task_fulfilment", f"Uses every quantity given in the problem ({qty}) in its working.", 4),
+        ("arithmetic_correct", "reasoning_quality", "Every written calculation of the form 'a op b = c' is "
+         "arithmetically correct.", 5),
+        ("shows_steps", "reasoning_quality", "Shows at least two intermediate calculations before the "
+         "final answer.", 2),
+        ("concise", "response_quality", "Is at most 120 words long.", 1),
+        ("no_hedging", "response_quality", "Commits to its answer without hedging words such as 'maybe' "
+         "or 'I think'.", 1),
+    ]
+    return {"criteria": [{"id": i, "category": c, "text": t, "points": p} for i, c, t, p in criteria]}
+
+
+def verdict_reply(messages: list[dict[str, str]]) -> dict:
+    user = messages[-1]["content"]
+    nonce = _NONCE.search(messages[0]["content"])
+    if not nonce:
+        return {"answers": []}
+    question = _fenced("prompt", user, nonce.group(1))[0][1]
+    ids = re.findall(r"(?m)^\d+\. \[([^\]]+)\]", user)
+    answers = _fenced("answer", user, nonce.group(1))
+    return {
+        "answers": [
+            {"answer": int(label), "verdicts": [bool(CHECKS.get(cid, lambda q, a: False)(question, text))
+                                                for cid in ids]}
+            for label, text in answers
+        ]
+    }
+
+
+def teacher_reply(messages: list[dict[str, str]]) -> str:
+    """A plain answer for teacher requests: restate the numbers and add them up, showing the work."""
+    nums = [float(n) for n in _NUM.findall(messages[-1]["content"])][:3] or [0.0]
+    total = sum(nums)
+    steps = " + ".join(f"{n:g}" for n in nums)
+    return f"Add the quantities: {steps} = {total:g}\nAnswer: {total:g}"
+
+
+def judge_reply(messages: list[dict[str, str]]) -> str:
+    kind = request_kind(messages)
+    if kind == "rubric":
+        return json.dumps(rubric_reply(messages))
+    if kind == "verify":
+        return json.dumps(verdict_reply(messages))
+    return teacher_reply(messages)
