@@ -7,6 +7,7 @@ own retries are switched off so that there is exactly one retry policy.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
@@ -72,7 +73,7 @@ class _RetryAfterOrBackoff(wait_base):
 
     def __init__(self, cfg: RoleConfig) -> None:
         self.cap = cfg.retry_after_cap_s
-        self.backoff = wait_exponential_jitter(initial=cfg.backoff_initial_s, max=cfg.backoff_max_s,
+        self.backoff = wait_exponential_jitter(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s,
                                                jitter=cfg.backoff_initial_s)
 
     def __call__(self, retry_state: Any) -> float:
@@ -102,16 +103,22 @@ class OpenAICompatChat:
         self.cache = cache
         self.limiter = limiter or CallLimiter()
         self.breaker = CircuitBreaker(role, config.breaker_threshold, config.breaker_reset_s)
-        self._client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key(),
-            timeout=config.timeout_s,
-            max_retries=0,
-        )
+        self._clients: dict[int, openai.AsyncOpenAI] = {}
         # Where the server refused a structured-output mode, remember it for the rest of the run.
         auto = config.response_format == "auto"
         self._format_floor = 0 if auto else _FORMAT_LADDER.index(config.response_format)
         self.calls_sent = 0
+
+    def _client(self) -> openai.AsyncOpenAI:
+        """One client per event loop: pooled connections are bound to the loop that opened them, and
+        callers such as Prefect tasks or repeated `asyncio.run` start a fresh loop each time."""
+        loop_id = id(asyncio.get_running_loop())
+        client = self._clients.get(loop_id)
+        if client is None:
+            self._clients = {loop_id: openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key(),
+                                                         timeout=self.config.timeout_s, max_retries=0)}
+            client = self._clients[loop_id]
+        return client
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         if self.cache is not None and (hit := self.cache.get(request)) is not None:
@@ -168,7 +175,7 @@ class OpenAICompatChat:
             t0 = time.monotonic()
             self.calls_sent += 1
             try:
-                resp = await self._client.chat.completions.create(
+                resp = await self._client().chat.completions.create(
                     model=request.model,
                     messages=messages,  # type: ignore[arg-type]
                     temperature=request.temperature,

@@ -82,8 +82,9 @@ async def complete_structured(
             assert exc.type in CONTENT_ERRORS
             exc.stage = stage
             last = exc
+            # The transcript grows, so each repair is a distinct request (and a distinct cache entry).
             messages = [
-                *request.messages,
+                *messages,
                 {"role": "assistant", "content": result.content[:4000]},
                 {"role": "user", "content": f"That reply was rejected ({exc.type.value}): {exc.message}. "
                  "Reply again with one JSON object only, in exactly the required format."},

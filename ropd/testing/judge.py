@@ -94,18 +94,21 @@ def verdict_reply(messages: list[dict[str, str]]) -> dict:
     }
 
 
-def teacher_reply(messages: list[dict[str, str]]) -> str:
-    """A plain answer for teacher requests: restate the numbers and add them up, showing the work."""
+_TEACHER_STYLES = ("Add the quantities: {steps} = {total}", "Sum: {steps} = {total}", "{steps} = {total}")
+
+
+def teacher_reply(messages: list[dict[str, str]], seed: int | None = None) -> str:
+    """A plain answer for teacher requests: add up the numbers, in a style that varies with the seed."""
     nums = [float(n) for n in _NUM.findall(messages[-1]["content"])][:3] or [0.0]
-    total = sum(nums)
     steps = " + ".join(f"{n:g}" for n in nums)
-    return f"Add the quantities: {steps} = {total:g}\nAnswer: {total:g}"
+    style = _TEACHER_STYLES[(seed or 0) % len(_TEACHER_STYLES)]
+    return style.format(steps=steps, total=f"{sum(nums):g}") + f"\nAnswer: {sum(nums):g}"
 
 
-def judge_reply(messages: list[dict[str, str]]) -> str:
+def judge_reply(messages: list[dict[str, str]], seed: int | None = None) -> str:
     kind = request_kind(messages)
     if kind == "rubric":
         return json.dumps(rubric_reply(messages))
     if kind == "verify":
         return json.dumps(verdict_reply(messages))
-    return teacher_reply(messages)
+    return teacher_reply(messages, seed)

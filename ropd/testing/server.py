@@ -252,7 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner._record(entry)
             self._send(200, action.body)
             return
-        content = action.content if action.content is not None else judge_reply(messages)
+        content = action.content if action.content is not None else judge_reply(messages, req.get("seed"))
         body = {
             "id": "chatcmpl-" + entry["key"][:12],
             "object": "chat.completion",

@@ -1,0 +1,110 @@
+"""Shared set-up for the benchmarks: the stand-in server in its own process, and synthetic groups.
+
+The server runs as a separate process so that its request threads never compete with the client
+for one GIL; the figures then measure the client, as they would against a remote endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import subprocess
+import sys
+from pathlib import Path
+
+from ropd.config import RoleConfig
+from ropd.rubric.engine import Group
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# The stock handler writes the headers and the body in two send() calls without TCP_NODELAY, so on
+# keep-alive connections Nagle's algorithm holds the body until the client's delayed ACK (~40 ms on
+# Linux): every call then costs L + ~40 ms. `nodelay=True` starts the same server with the handler's
+# `disable_nagle_algorithm` switched on, which is the one-line fix proposed for ropd/testing/server.py.
+_NODELAY_MAIN = "import sys, ropd.testing.server as s; s._Handler.disable_nagle_algorithm = True; s.main(sys.argv[1:])"
+
+
+def start_server(latency: float, log_path: Path | None = None, *, nodelay: bool = False,
+                 timeout_s: float = 30.0) -> tuple[subprocess.Popen, str]:
+    """Start `python -m ropd.testing.server` on a free loopback port; return the process and its base URL."""
+    args = ["--port", "0", "--latency", str(latency)]
+    if log_path is not None:
+        args += ["--log", str(log_path)]
+    entry = ["-c", _NODELAY_MAIN] if nodelay else ["-m", "ropd.testing.server"]
+    cmd = [sys.executable, "-u", *entry, *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    ready = sel.select(timeout_s)
+    sel.close()
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line.startswith("http://127.0.0.1:"):
+        stop_server(proc)
+        raise RuntimeError(f"server did not announce a loopback URL within {timeout_s}s (got {line!r})")
+    return proc, line
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Kill the server process we started (by its own handle) and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def role_configs(base_url: str) -> tuple[RoleConfig, RoleConfig]:
+    """Rubricator and verifier settings as in `ropd demo`, pointed at the local server, no key needed."""
+    rubricator = RoleConfig(base_url=base_url, api_key_env=None, temperature=0.7, max_tokens=2048)
+    verifier = RoleConfig(base_url=base_url, api_key_env=None, temperature=0.0, max_tokens=2048)
+    return rubricator, verifier
+
+
+_NAMES = ["Mia", "Omar", "Lena", "Ravi", "Zoe", "Kofi", "Ines", "Tariq"]
+_ITEMS = ["pencils", "apples", "stickers", "marbles", "cookies", "cards", "shells", "stamps"]
+
+
+def make_groups(n: int) -> list[Group]:
+    """`n` distinct arithmetic word problems, 2 teacher and 4 student answers each, sample-sized texts.
+
+    Every number depends on the group index, so every rubric and verifier request is distinct and no
+    two requests can share a cache entry or a server log key.
+    """
+    groups = []
+    for i in range(n):
+        name, item = _NAMES[i % len(_NAMES)], _ITEMS[(i // len(_NAMES)) % len(_ITEMS)]
+        packs, per, given = 2 + i % 7, 10 + i, 1 + (7 * i) % 9
+        total = packs * per
+        left = total - given
+        question = (f"{name} buys {packs} packs of {item} with {per} {item} in each pack. "
+                    f"{name} gives {given} {item} to a friend. How many {item} are left?")
+        teacher = [
+            f"{item.capitalize()} bought: {packs} * {per} = {total}\nAfter giving some away: "
+            f"{total} - {given} = {left}\nAnswer: {left}",
+            f"Each pack has {per}, so {packs} packs hold {packs} * {per} = {total} {item}. "
+            f"Giving away {given} leaves {total} - {given} = {left}.\nAnswer: {left}",
+        ]
+        student = [
+            f"{packs} * {per} = {total}\n{total} - {given} = {left}\nAnswer: {left}",
+            f"{packs} + {per} = {packs + per}, then {packs + per} - {given} = {packs + per - given}.\n"
+            f"Answer: {packs + per - given}",
+            f"I think there are maybe {left} {item} left.",
+            f"{packs} * {per} = {total}. {total} - {given} = {left + 1}.\nAnswer: {left + 1}",
+        ]
+        groups.append(Group(group_id=f"g{i:04d}", question=question, teacher=teacher, student=student))
+    return groups
+
+
+def read_log(path: Path) -> list[dict]:
+    """The server's JSON-lines request log (one object per request), tolerating a torn last line."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

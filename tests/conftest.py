@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ropd.config import LimitsConfig, RoleConfig
+from ropd.llm.cache import CallCache
+from ropd.llm.limits import CallLimiter
+from ropd.llm.openai_compat import OpenAICompatChat
+from ropd.testing.server import ScriptedServer
+
+FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, timeout_s=5.0)
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[CallCache]:
+    c = CallCache(tmp_path / "calls.sqlite")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def make_chat(server: ScriptedServer, cache: CallCache) -> Callable[..., OpenAICompatChat]:
+    """A client for one role against the scripted server; keyword overrides go to RoleConfig."""
+    limiter = CallLimiter(LimitsConfig(max_in_flight=16))
+
+    def make(role: str = "verifier", *, use_cache: bool = True, **overrides: object) -> OpenAICompatChat:
+        cfg = RoleConfig(base_url=server.base_url, api_key_env=None, **{**FAST, **overrides})
+        return OpenAICompatChat(role, cfg, cache=cache if use_cache else None, limiter=limiter)
+
+    return make
