@@ -19,9 +19,13 @@ class RoleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    provider: Literal["openai", "dataset"] = "openai"
+    provider: Literal["openai", "local", "dataset"] = "openai"
     base_url: str | None = None
     model: str = "stand-in-judge"
+    model_path: str | None = Field(default=None, description="local provider: a transformers model directory; "
+                                   "default: the prepared SmolLM2")
+    device: str = Field(default="cpu", description="local provider: torch device")
+    batch_size: int = Field(default=8, ge=1, description="local provider: requests generated together")
     api_key_env: str | None = Field(
         default="OPENAI_API_KEY", description="name of the environment variable holding the key"
     )
@@ -91,6 +95,8 @@ class EngineConfig(BaseModel):
     blind: bool = True
     verifier_char_budget: int = Field(default=24000, ge=200, description="answer characters per verifier call")
     max_answer_chars: int = Field(default=6000, ge=100, description="longer answers are truncated, marked")
+    max_criterion_chars: int = Field(default=300, ge=20, le=600, description="criterion text length in the "
+                                     "schema sent to the judge; bounds a constrained decoder's worst case")
 
     @model_validator(mode="after")
     def _bounds(self) -> EngineConfig:

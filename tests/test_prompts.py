@@ -87,6 +87,8 @@ def test_rendering_is_byte_stable() -> None:
 def test_json_schemas() -> None:
     rs = rubric_json_schema(4, 12)
     assert rs["properties"]["criteria"]["minItems"] == 4 and rs["properties"]["criteria"]["maxItems"] == 12
+    ids = [it["properties"]["id"]["const"] for it in rs["properties"]["criteria"]["prefixItems"]]
+    assert ids == [f"c{k}" for k in range(1, 13)]  # unique by construction
     vs = verdict_json_schema(3, 5)
     entries = vs["properties"]["answers"]["prefixItems"]
     assert [e["properties"]["answer"]["const"] for e in entries] == [1, 2, 3]

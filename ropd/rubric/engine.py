@@ -73,7 +73,8 @@ async def induce_rubric(chat: ChatModel, group: Group, cfg: EngineConfig) -> Rub
     messages = render_rubricator(group.question, group.teacher, group.student, min_k=cfg.min_criteria,
                                  max_k=cfg.max_criteria, max_answer_chars=cfg.max_answer_chars)
     request = ChatRequest.for_role(chat.role, chat.config, messages, template=RUBRICATOR_VERSION,
-                                   json_schema=rubric_json_schema(cfg.min_criteria, cfg.max_criteria),
+                                   json_schema=rubric_json_schema(cfg.min_criteria, cfg.max_criteria,
+                                                                  cfg.max_criterion_chars),
                                    schema_name="ropd_rubric")
 
     def parse(data: dict) -> Rubric:

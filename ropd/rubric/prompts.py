@@ -119,26 +119,35 @@ def render_verifier(question: str, rubric: Rubric, answers: list[str], *, max_an
     return [{"role": "system", "content": system}, {"role": "user", "content": "\n".join(parts)}]
 
 
-def rubric_json_schema(min_k: int = MIN_CRITERIA, max_k: int = MAX_CRITERIA) -> dict[str, Any]:
-    """JSON schema for the Rubricator's reply, used for `response_format` and constrained decoding."""
+def rubric_json_schema(min_k: int = MIN_CRITERIA, max_k: int = MAX_CRITERIA, max_text: int = 600) -> dict[str, Any]:
+    """JSON schema for the Rubricator's reply, used for `response_format` and constrained decoding.
+
+    Criterion ids are pinned to c1..cK by position, so ids are unique by construction: a small
+    constrained model otherwise repeats them.
+    """
+
+    def item(k: int) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "const": f"c{k}"},
+                "category": {"type": "string", "enum": [c.value for c in Category]},
+                "text": {"type": "string", "minLength": 1, "maxLength": max_text},
+                "points": {"type": "integer", "minimum": MIN_POINTS, "maximum": MAX_POINTS},
+            },
+            "required": ["id", "category", "text", "points"],
+            "additionalProperties": False,
+        }
+
     return {
         "type": "object",
         "properties": {
             "criteria": {
                 "type": "array",
+                "prefixItems": [item(k) for k in range(1, max_k + 1)],
+                "items": False,
                 "minItems": min_k,
                 "maxItems": max_k,
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "string", "minLength": 1, "maxLength": 40},
-                        "category": {"type": "string", "enum": [c.value for c in Category]},
-                        "text": {"type": "string", "minLength": 1, "maxLength": 600},
-                        "points": {"type": "integer", "minimum": MIN_POINTS, "maximum": MAX_POINTS},
-                    },
-                    "required": ["id", "category", "text", "points"],
-                    "additionalProperties": False,
-                },
             }
         },
         "required": ["criteria"],
