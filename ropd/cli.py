@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.table import Table
 from ropd.config import EngineConfig, LimitsConfig, RoleConfig
 from ropd.data.prompts import load_sample
 from ropd.io import atomic_write_parquet, atomic_write_text
+from ropd.llm.base import run_closing
 from ropd.llm.cache import CallCache
 from ropd.llm.limits import CallLimiter
 from ropd.llm.openai_compat import OpenAICompatChat
@@ -63,7 +63,7 @@ def demo(
     rubricator = OpenAICompatChat("rubricator", rubricator_cfg, cache=cache, limiter=limiter)
     verifier = OpenAICompatChat("verifier", verifier_cfg, cache=cache, limiter=limiter)
     try:
-        results = asyncio.run(score_groups(groups, rubricator, verifier, EngineConfig()))
+        results = run_closing(score_groups(groups, rubricator, verifier, EngineConfig()), rubricator, verifier)
     finally:
         if server is not None:
             server.stop()

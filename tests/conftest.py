@@ -1,15 +1,26 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from ropd.config import LimitsConfig, RoleConfig
+from ropd.llm.base import run_closing
 from ropd.llm.cache import CallCache
 from ropd.llm.limits import CallLimiter
 from ropd.llm.openai_compat import OpenAICompatChat
 from ropd.testing.server import ScriptedServer
+
+T = TypeVar("T")
+OPEN_CHATS: list[OpenAICompatChat] = []
+
+
+def run(coro: Coroutine[Any, Any, T], *extra: OpenAICompatChat) -> T:
+    """asyncio.run, closing every client the test made inside that loop (as `run_closing` does)."""
+    return run_closing(coro, *OPEN_CHATS, *extra)
+
 
 FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, timeout_s=5.0)
 
@@ -28,12 +39,15 @@ def cache(tmp_path: Path) -> Iterator[CallCache]:
 
 
 @pytest.fixture
-def make_chat(server: ScriptedServer, cache: CallCache) -> Callable[..., OpenAICompatChat]:
+def make_chat(server: ScriptedServer, cache: CallCache) -> Iterator[Callable[..., OpenAICompatChat]]:
     """A client for one role against the scripted server; keyword overrides go to RoleConfig."""
     limiter = CallLimiter(LimitsConfig(max_in_flight=16))
 
     def make(role: str = "verifier", *, use_cache: bool = True, **overrides: object) -> OpenAICompatChat:
         cfg = RoleConfig(base_url=server.base_url, api_key_env=None, **{**FAST, **overrides})
-        return OpenAICompatChat(role, cfg, cache=cache if use_cache else None, limiter=limiter)
+        chat = OpenAICompatChat(role, cfg, cache=cache if use_cache else None, limiter=limiter)
+        OPEN_CHATS.append(chat)
+        return chat
 
-    return make
+    yield make
+    OPEN_CHATS.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 
@@ -15,6 +14,7 @@ from ropd.rubric.engine import Group, GroupStatus, score_groups
 from ropd.rubric.pool import Source
 from ropd.rubric.scoring import weighted_score
 from ropd.testing.server import Fail, Reply, ScriptedServer
+from tests.conftest import run
 
 MakeChat = Callable[..., OpenAICompatChat]
 
@@ -26,7 +26,7 @@ def sample_groups() -> list[Group]:
 
 def score(make_chat: MakeChat, groups: list[Group], cfg: EngineConfig | None = None, **kw: object):
     rub, ver = make_chat("rubricator", temperature=0.7, **kw), make_chat("verifier", **kw)
-    return asyncio.run(score_groups(groups, rub, ver, cfg)), rub, ver
+    return run(score_groups(groups, rub, ver, cfg)), rub, ver
 
 
 def test_all_groups_scored_from_verdicts(make_chat: MakeChat, server: ScriptedServer) -> None:

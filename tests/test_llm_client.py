@@ -21,16 +21,13 @@ from ropd.llm.structured import complete_structured
 from ropd.rubric.prompts import render_verifier, verdict_json_schema
 from ropd.rubric.schema import Rubric, VerdictSheet
 from ropd.testing.server import Fail, Hang, RawBody, Reply, Reset, ScriptedServer
+from tests.conftest import run
 
 MakeChat = Callable[..., OpenAICompatChat]
 
 
 def req(chat: OpenAICompatChat, text: str = "hello", **kw: object) -> ChatRequest:
     return ChatRequest.for_role(chat.role, chat.config, [{"role": "user", "content": text}], **kw)
-
-
-def run(coro):
-    return asyncio.run(coro)
 
 
 def test_normal_response(make_chat: MakeChat, server: ScriptedServer) -> None:
@@ -51,7 +48,7 @@ def test_repeat_is_served_from_cache_even_after_reopen(make_chat: MakeChat, serv
     # a new process opening the same file: still no call
     cache2 = CallCache(chat.cache.path)  # type: ignore[union-attr]
     chat2 = OpenAICompatChat("teacher", chat.config, cache=cache2)
-    assert run(chat2.complete(req(chat2))).cached
+    assert run(chat2.complete(req(chat2)), chat2).cached
     assert server.received() == 1 and chat2.calls_sent == 0
     # a different request (other seed) is a different entry
     run(chat.complete(req(chat, seed=1)))
@@ -139,7 +136,7 @@ def verify(chat: OpenAICompatChat, answers: list[str]) -> list[list[bool]]:
     request = ChatRequest.for_role(chat.role, chat.config, messages, json_schema=verdict_json_schema(len(answers), 4),
                                    schema_name="ropd_verdicts")
     return run(complete_structured(chat, request, lambda d: VerdictSheet.model_validate(d).matrix(len(answers), 4),
-                                   stage="verify"))
+                                   stage="verify"), chat)
 
 
 def sheet(n: int, k: int = 4) -> str:
@@ -239,7 +236,7 @@ def test_limiter_caps_calls_in_flight(server: ScriptedServer, cache: CallCache) 
     async def many() -> None:
         await asyncio.gather(*(chat.complete(req(chat, f"q {i}")) for i in range(9)))
 
-    run(many())
+    run(many(), chat)
     assert limiter.peak_in_flight == 3 and server.served() == 9
 
 
@@ -251,7 +248,7 @@ def test_secret_never_reaches_the_cache(server: ScriptedServer, tmp_path: Path,
     chat = OpenAICompatChat("teacher", RoleConfig(base_url=server.base_url, api_key_env="ROPD_TEST_KEY"),
                             cache=cache)
     server.push(Fail(500))
-    run(chat.complete(req(chat)))
+    run(chat.complete(req(chat)), chat)
     cache.close()
     assert server.log[-1]["auth"]  # the key was sent to the server...
     blob = b"".join(p.read_bytes() for p in tmp_path.iterdir())

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ropd.teacher import (
     fingerprint,
 )
 from ropd.testing.server import Fail, Reply, ScriptedServer
+from tests.conftest import run
 
 MakeChat = Callable[..., OpenAICompatChat]
 PROMPTS = [TeacherPrompt(prompt_id=f"p{i}", question=f"What is {i} plus {i + 1}?",
@@ -55,19 +55,19 @@ def test_dataset_provider_needs_solutions(tmp_path: Path) -> None:
 def test_build_index_from_endpoint(make_chat: MakeChat, server: ScriptedServer, tmp_path: Path) -> None:
     chat = make_chat("teacher", temperature=1.0)
     out = tmp_path / "teacher.parquet"
-    df = asyncio.run(build_index(PROMPTS, chat, m=3, out=out))
+    df = run(build_index(PROMPTS, chat, m=3, out=out))
     assert server.served("teacher") == 9
     assert df.groupby("prompt_id").size().tolist() == [3, 3, 3]
     assert set(df["teacher_fingerprint"]) == {fingerprint(chat.config)}
     pd.testing.assert_frame_equal(pd.read_parquet(out), df)
     # a rebuild costs nothing: every sample is in the call cache
-    asyncio.run(build_index(PROMPTS, chat, m=3, out=out))
+    run(build_index(PROMPTS, chat, m=3, out=out))
     assert server.received("teacher") == 9
 
 
 def test_build_index_drops_exact_duplicates(make_chat: MakeChat, server: ScriptedServer, tmp_path: Path) -> None:
     server.push(Reply("same answer"), kind="teacher", times=2)
-    df = asyncio.run(build_index(PROMPTS[:1], make_chat("teacher"), m=3, out=tmp_path / "t.parquet"))
+    df = run(build_index(PROMPTS[:1], make_chat("teacher"), m=3, out=tmp_path / "t.parquet"))
     assert df["text"].tolist().count("same answer") == 1 and len(df) == 2
     assert df["answer_idx"].tolist() == [0, 1]
 
@@ -77,10 +77,10 @@ def test_build_index_failure_names_prompts_and_writes_nothing(make_chat: MakeCha
     server.push(Fail(400, body='{"error": {"message": "model not found"}}'), kind="teacher", times=1)
     out = tmp_path / "teacher.parquet"
     with pytest.raises(TeacherIndexError, match=r"failed for 1 prompt\(s\): p\d: .*model not found"):
-        asyncio.run(build_index(PROMPTS, make_chat("teacher"), m=2, out=out))
+        run(build_index(PROMPTS, make_chat("teacher"), m=2, out=out))
     assert not out.exists()
     assert server.served("teacher") == 5  # the other answers are paid for and kept in the cache
-    asyncio.run(build_index(PROMPTS, make_chat("teacher"), m=2, out=out))
+    run(build_index(PROMPTS, make_chat("teacher"), m=2, out=out))
     assert server.received("teacher") == 7  # only the failed sample was asked again
 
 

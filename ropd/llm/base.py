@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Coroutine
+from functools import cached_property
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,11 +48,27 @@ class ChatRequest(BaseModel):
             **kw,
         )
 
-    def canonical(self) -> str:
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> ChatRequest:
+        """A copy with fresh identity: cached key and canonical form are recomputed, never inherited."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("_canonical", None)
+        copy.__dict__.pop("_key", None)
+        return copy
+
+    @cached_property
+    def _canonical(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
+    def canonical(self) -> str:
+        """Sorted-key compact JSON; computed once per (immutable) request, it is on the hot path."""
+        return self._canonical
+
     def key(self) -> str:
-        return hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:
+        return hashlib.sha256(self._canonical.encode("utf-8")).hexdigest()
 
     def est_tokens(self) -> int:
         """A cheap upper estimate for TPM budgeting: ~4 characters per token plus the output cap."""
@@ -69,6 +88,26 @@ class ChatResult(BaseModel):
     response_format: str | None = Field(default=None, description="the structured-output mode the server took")
 
 
+T = TypeVar("T")
+
+
+def run_closing(coro: Coroutine[Any, Any, T], *chats: ChatModel) -> T:
+    """Run `coro` in a fresh event loop, closing the chats' connections before that loop ends.
+
+    The entry point for synchronous callers (CLI, pipeline stages): pooled connections belong to
+    the loop that opened them and must be closed inside it.
+    """
+
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            for chat in chats:
+                await chat.aclose()
+
+    return asyncio.run(main())
+
+
 @runtime_checkable
 class ChatModel(Protocol):
     """An async chat endpoint for one role. Backends: OpenAI-compatible HTTP, local transformers."""
@@ -78,4 +117,8 @@ class ChatModel(Protocol):
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         """One completion. Raises `LLMError` classified by type."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections held for the running event loop."""
         ...

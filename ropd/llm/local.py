@@ -143,6 +143,9 @@ class LocalChat:
             self.cache.put_ok(request, result, {"backend": "local", "model_path": Path(self.lm.path).name})
         return result
 
+    async def aclose(self) -> None:
+        """Nothing to release: the model stays loaded for other roles and rounds."""
+
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(self.batch_wait_s)  # let concurrent callers join the batch

@@ -1,0 +1,1 @@
+"""GRPO update of the student on a round's rollouts and rewards."""

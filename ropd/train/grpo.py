@@ -1,0 +1,263 @@
+"""The GRPO update: clipped surrogate with separate ε_low/ε_high, token-mean loss, optional KL, masking.
+
+It runs under `accelerate`: one CPU process by default, several GPUs with `accelerate launch`. The
+old log-probabilities are computed for the whole round before the first optimizer step, so several
+mini-batches per round are handled by the importance ratio and clipping, as in the design.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from pydantic import BaseModel, ConfigDict
+
+from ropd.rollout.base import Rollout, encode_prompt
+from ropd.train.advantages import group_advantages
+from ropd.train.config import GRPOConfig
+
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that is missing files or cannot be loaded."""
+
+
+def build_samples(
+    tokenizer: Any, prompts: dict[str, list[dict[str, str]]], rollouts: list[Rollout],
+    rewards: dict[tuple[str, int], tuple[float | None, str]], *, scale_by_std: bool = False,
+) -> list[TrainSample]:
+    """Rollouts + rewards (keyed by (prompt_id, sample_idx) → (reward, status)) → samples with advantages."""
+    missing = [(r.prompt_id, r.sample_idx) for r in rollouts if (r.prompt_id, r.sample_idx) not in rewards]
+    if missing:
+        raise ValueError(f"no reward for {len(missing)} rollout(s), first: prompt {missing[0][0]} sample "
+                         f"{missing[0][1]}")
+    vals = [rewards[(r.prompt_id, r.sample_idx)] for r in rollouts]
+    adv, mask = group_advantages([v[0] for v in vals], [r.prompt_id for r in rollouts],
+                                 [v[1] == "ok" for v in vals], scale_by_std=scale_by_std)
+    encoded = {pid: encode_prompt(tokenizer, msgs) for pid, msgs in prompts.items()}
+    return [TrainSample(prompt_ids=encoded[r.prompt_id], completion_ids=r.token_ids, advantage=a, mask=m)
+            for r, a, m in zip(rollouts, adv, mask, strict=True)]
+
+
+class TrainSample(BaseModel):
+    """One rollout ready for the loss: prompt and completion token ids, advantage, and whether it counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    mask: bool = True
+
+
+def _pad_batch(samples: list[TrainSample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+completion; `loss_mask` marks completion tokens of unmasked samples."""
+    seqs = [s.prompt_ids + s.completion_ids for s in samples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for i, (s, seq) in enumerate(zip(samples, seqs, strict=True)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        if s.mask:
+            loss_mask[i, len(s.prompt_ids) : len(seq)] = 1.0
+    adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": loss_mask.to(device),
+            "advantages": adv.to(device)}
+
+
+def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log π(token_t | tokens_<t) at every position (position 0 is 0 and never in the loss mask)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.nn.functional.pad(logp, (1, 0))
+
+
+def surrogate_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, batch: dict[str, torch.Tensor], cfg: GRPOConfig, n_tokens: float,
+    ref_logp: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Σ over unmasked completion tokens of the clipped objective, divided by `n_tokens` (token mean).
+
+    Dividing by the step's total token count (not per micro-batch) makes micro-batching and gradient
+    accumulation give the same gradient as one big batch.
+    """
+    mask = batch["loss_mask"]
+    adv = batch["advantages"].unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    stats: dict[str, float] = {}
+    if ref_logp is not None and cfg.beta > 0:
+        # k3 estimator of KL(π || π_ref): unbiased, non-negative.
+        delta = ref_logp - logp
+        kl = torch.exp(delta) - delta - 1
+        per_token = per_token + cfg.beta * kl
+        stats["kl_sum"] = float((kl * mask).sum())
+    loss = (per_token * mask).sum() / max(n_tokens, 1.0)
+    with torch.no_grad():
+        stats["clip_sum"] = float((((ratio < 1 - cfg.eps_low) | (ratio > 1 + cfg.eps_high)).float() * mask).sum())
+    return loss, stats
+
+
+class GRPOLearner:
+    """Holds the policy, optimizer and (optionally) the frozen reference; one `train_round` per round."""
+
+    def __init__(self, model: Any, tokenizer: Any, cfg: GRPOConfig, *, accelerator: Accelerator | None = None,
+                 ref_model: Any | None = None, reference_path: str | None = None, step: int = 0) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if cfg.lora is not None and not _is_peft(model):
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                     lora_dropout=cfg.lora.dropout,
+                                                     target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ref_model = None
+        if cfg.beta > 0:
+            if ref_model is None:
+                raise ValueError("beta > 0 needs a frozen reference model")
+            self.ref_model = self.accelerator.prepare_model(ref_model.eval().requires_grad_(False),
+                                                            evaluation_mode=True)
+        self.reference_path = reference_path
+        self.step = step
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # -- the update ------------------------------------------------------------------------
+    def _micro_batches(self, samples: list[TrainSample]) -> list[list[TrainSample]]:
+        mb = self.cfg.micro_batch_size
+        return [samples[i : i + mb] for i in range(0, len(samples), mb)]
+
+    @torch.no_grad()
+    def _logprobs(self, model: Any, samples: list[TrainSample]) -> list[torch.Tensor]:
+        model.eval()
+        out = [token_logprobs(model, _pad_batch(m, self.pad_id, self.accelerator.device))
+               for m in self._micro_batches(samples)]
+        return out
+
+    def train_round(self, samples: list[TrainSample]) -> dict[str, float]:
+        """One round: old log-probs first, then one optimizer step per mini-batch."""
+        live = [s for s in samples if s.mask]
+        metrics = {"samples": float(len(samples)), "masked_samples": float(len(samples) - len(live)),
+                   "steps": 0.0, "loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "tokens": 0.0}
+        if not live:
+            return metrics  # nothing to learn from: no step, optimizer state untouched
+        size = self.cfg.mini_batch_size or len(live)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        minis = [live[i : i + size] for i in range(0, len(live), size)]
+        # Old log-probs of every later mini-batch must come from the round's starting weights; the
+        # first mini-batch's are the current ones, so its forward pass doubles as the old pass.
+        olds = [None] + [self._logprobs(self.model, m[rank::world]) for m in minis[1:]]
+        clip_total = 0.0
+        for mini, old in zip(minis, olds, strict=True):
+            n_tokens = float(sum(len(s.completion_ids) for s in mini))
+            shard = mini[rank::world]
+            ref = self._logprobs(self.ref_model, shard) if self.ref_model is not None else None
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_total = 0.0
+            for j, micro in enumerate(self._micro_batches(shard)):
+                batch = _pad_batch(micro, self.pad_id, self.accelerator.device)
+                logp = token_logprobs(self.model, batch)
+                old_logp = old[j] if old is not None else logp.detach()
+                # DDP averages gradients over processes; scale so the sum is the global token mean.
+                loss, stats = surrogate_loss(logp, old_logp, batch, self.cfg, n_tokens / world,
+                                             ref[j] if ref is not None else None)
+                self.accelerator.backward(loss)
+                loss_total += float(loss.detach())
+                clip_total += stats["clip_sum"]
+            grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            metrics["steps"] += 1
+            metrics["loss"] += loss_total
+            metrics["grad_norm"] = float(grad_norm)
+            metrics["tokens"] += n_tokens
+        metrics["loss"] /= max(metrics["steps"], 1)
+        metrics["clip_frac"] = clip_total / max(metrics["tokens"], 1.0)
+        return metrics
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save(self, path: Path) -> Path:
+        """Write model, tokenizer, optimizer and step to `path` atomically (temp dir + rename)."""
+        path = Path(path)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            model = self.accelerator.unwrap_model(self.model)
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / OPTIM_FILE)
+            state = {"step": self.step, "lora": _is_peft(model), "config": self.cfg.model_dump()}
+            if self.reference_path:
+                state["reference"] = self.reference_path
+            if _is_peft(model):
+                state["base_model"] = str(model.peft_config["default"].base_model_name_or_path)
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: Path, cfg: GRPOConfig | None = None, *, device: str | None = None) -> GRPOLearner:
+        """Resume from a checkpoint written by `save`, or start from a plain model directory."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise CheckpointError(f"{path}: not a model checkpoint (no config.json or adapter_config.json)")
+        state_path = path / STATE_FILE
+        try:
+            state = json.loads(state_path.read_text()) if state_path.is_file() else {"step": 0}
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{state_path}: unreadable trainer state ({exc})") from exc
+        cfg = cfg or (GRPOConfig.model_validate(state["config"]) if "config" in state else GRPOConfig())
+        dtype = torch.bfloat16 if (device or "").startswith("cuda") else torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            if state.get("lora"):
+                from peft import PeftModel
+
+                base = AutoModelForCausalLM.from_pretrained(state["base_model"], dtype=dtype)
+                model = PeftModel.from_pretrained(base, path, is_trainable=True)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: cannot load the model ({exc})") from exc
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        ref, ref_path = None, state.get("reference", str(path))
+        if cfg.beta > 0:  # the reference is the model the run started from, not the latest checkpoint
+            ref = AutoModelForCausalLM.from_pretrained(ref_path, dtype=dtype)
+        learner = cls(model, tokenizer, cfg, ref_model=ref, reference_path=ref_path, step=int(state.get("step", 0)))
+        optim_path = path / OPTIM_FILE
+        if optim_path.is_file():
+            try:
+                learner.optimizer.load_state_dict(torch.load(optim_path, map_location="cpu", weights_only=True))
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise CheckpointError(f"{optim_path}: cannot restore the optimizer ({exc})") from exc
+        return learner
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
