@@ -12,28 +12,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ropd.config import RoleConfig
+from ropd.config import LimitsConfig, RoleConfig
+from ropd.llm.cache import CallCache
+from ropd.llm.limits import CallLimiter
+from ropd.llm.openai_compat import OpenAICompatChat
 from ropd.rubric.engine import Group
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The stock handler writes the headers and the body in two send() calls without TCP_NODELAY, so on
-# keep-alive connections Nagle's algorithm holds the body until the client's delayed ACK (~40 ms on
-# Linux): every call then costs L + ~40 ms. `nodelay=True` starts the same server with the handler's
-# `disable_nagle_algorithm` switched on, which is the one-line fix proposed for ropd/testing/server.py.
-_NODELAY_MAIN = "import sys, ropd.testing.server as s; s._Handler.disable_nagle_algorithm = True; s.main(sys.argv[1:])"
-
-
-def start_server(latency: float, log_path: Path | None = None, *, nodelay: bool = False,
+def start_server(latency: float, log_path: Path | None = None, *, stderr_path: Path | None = None,
                  timeout_s: float = 30.0) -> tuple[subprocess.Popen, str]:
-    """Start `python -m ropd.testing.server` on a free loopback port; return the process and its base URL."""
+    """Start `python -m ropd.testing.server` on a free loopback port; return the process and its base URL.
+
+    `stderr_path` collects the server's stderr (any tracebacks from its request threads) instead of
+    interleaving it with the benchmark's own output.
+    """
     args = ["--port", "0", "--latency", str(latency)]
     if log_path is not None:
         args += ["--log", str(log_path)]
-    entry = ["-c", _NODELAY_MAIN] if nodelay else ["-m", "ropd.testing.server"]
-    cmd = [sys.executable, "-u", *entry, *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-u", "-m", "ropd.testing.server", *args]
+    err = stderr_path.open("ab") if stderr_path is not None else None  # None: inherit ours
+    try:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    finally:
+        if err is not None:
+            err.close()  # the child holds its own copy
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -60,6 +64,16 @@ def role_configs(base_url: str) -> tuple[RoleConfig, RoleConfig]:
     rubricator = RoleConfig(base_url=base_url, api_key_env=None, temperature=0.7, max_tokens=2048)
     verifier = RoleConfig(base_url=base_url, api_key_env=None, temperature=0.0, max_tokens=2048)
     return rubricator, verifier
+
+
+def make_judges(base_url: str, max_in_flight: int, cache: CallCache | None = None,
+                ) -> tuple[OpenAICompatChat, OpenAICompatChat, CallLimiter]:
+    """A rubricator and a verifier client sharing one in-flight limiter (and `cache`, if given)."""
+    rub_cfg, ver_cfg = role_configs(base_url)
+    limiter = CallLimiter(LimitsConfig(max_in_flight=max_in_flight))
+    rubricator = OpenAICompatChat("rubricator", rub_cfg, cache=cache, limiter=limiter)
+    verifier = OpenAICompatChat("verifier", ver_cfg, cache=cache, limiter=limiter)
+    return rubricator, verifier, limiter
 
 
 _NAMES = ["Mia", "Omar", "Lena", "Ravi", "Zoe", "Kofi", "Ines", "Tariq"]

@@ -51,3 +51,11 @@ def make_chat(server: ScriptedServer, cache: CallCache) -> Iterator[Callable[...
 
     yield make
     OPEN_CHATS.clear()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2, converted once per machine into data/models (as `ropd models prepare` does)."""
+    from ropd.models import prepare_smollm2
+
+    return prepare_smollm2()

@@ -102,7 +102,7 @@ def surrogate_loss(
         delta = ref_logp - logp
         kl = torch.exp(delta) - delta - 1
         per_token = per_token + cfg.beta * kl
-        stats["kl_sum"] = float((kl * mask).sum())
+        stats["kl_sum"] = float((kl.detach() * mask).sum())
     loss = (per_token * mask).sum() / max(n_tokens, 1.0)
     with torch.no_grad():
         stats["clip_sum"] = float((((ratio < 1 - cfg.eps_low) | (ratio > 1 + cfg.eps_high)).float() * mask).sum())
