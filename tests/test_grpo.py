@@ -74,7 +74,7 @@ def test_checkpoint_resume_is_exact(smollm2_dir: Path, tmp_path: Path) -> None:
     ckpt = learner.save(tmp_path / "ckpt")
     loaded = GRPOLearner.load(ckpt)
     assert loaded.step == 1 and loaded.cfg == cfg
-    ids = torch.tensor([PROMPT + [10, 11, 12]])
+    ids = torch.tensor([[*PROMPT, 10, 11, 12]])
     with torch.no_grad():
         la = learner.model(input_ids=ids).logits
         lb = loaded.model(input_ids=ids).logits
@@ -93,7 +93,7 @@ def test_corrupt_checkpoint_is_named(smollm2_dir: Path, tmp_path: Path) -> None:
     learner = GRPOLearner.load(smollm2_dir, GRPOConfig())
     ckpt = learner.save(tmp_path / "ckpt")
     (ckpt / "trainer_state.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="trainer_state.json: unreadable"):
+    with pytest.raises(CheckpointError, match=r"trainer_state\.json: unreadable"):
         GRPOLearner.load(ckpt)
     with pytest.raises(CheckpointError, match="not a model checkpoint"):
         GRPOLearner.load(tmp_path)
@@ -120,7 +120,7 @@ def test_kl_to_reference(smollm2_dir: Path) -> None:
     assert m["steps"] == 1
 
 
-def _model_and_tokenizer(path: Path):  # noqa: ANN202
+def _model_and_tokenizer(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
