@@ -1,0 +1,50 @@
+"""The packaged SmolLM2 as Rubricator and Verifier, constrained by xgrammar: every reply must validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ropd.config import EngineConfig, RoleConfig
+from ropd.llm.base import run_closing
+from ropd.llm.cache import CallCache
+from ropd.llm.local import LocalChat
+from ropd.rubric.engine import Group, score_groups
+
+ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "coins", "shells", "cards", "stamps", "buttons"]
+
+
+def groups() -> list[Group]:
+    out = []
+    for i, item in enumerate(ITEMS):
+        a, b = 3 + i, 12 + 2 * i
+        out.append(Group(
+            group_id=f"g{i}",
+            question=f"Sam has {a} boxes with {b} {item} each. How many {item} does he have?",
+            teacher=[f"{a} * {b} = {a * b}\nAnswer: {a * b}"],
+            student=[f"{a} + {b} = {a + b}\nAnswer: {a + b}", f"He has {a * b} {item}.\nAnswer: {a * b}"],
+        ))
+    return out
+
+
+def test_local_judge_is_schema_valid_for_10_prompts(smollm2_dir: Path, tmp_path: Path) -> None:
+    base = RoleConfig(provider="local", model="smollm2-135m-instruct", model_path=str(smollm2_dir),
+                      api_key_env=None, batch_size=10, max_repairs=0)
+    cache = CallCache(tmp_path / "calls.sqlite")
+    rubricator = LocalChat("rubricator", base.model_copy(update={"temperature": 0.7, "max_tokens": 400}), cache=cache)
+    verifier = LocalChat("verifier", base.model_copy(update={"temperature": 0.0, "max_tokens": 200}), cache=cache)
+    cfg = EngineConfig(min_criteria=4, max_criteria=4, max_criterion_chars=60)
+    results = run_closing(score_groups(groups(), rubricator, verifier, cfg))
+    failures = [(r.group_id, r.error) for r in results if not r.ok]
+    assert failures == []  # with max_repairs=0, any parse/schema/validation failure would show here
+    assert rubricator.calls_sent == 10 and verifier.calls_sent == 10
+    assert rubricator.batches == [10] and verifier.batches == [10]  # one batched generate per stage
+    for r in results:
+        assert r.rubric is not None and len(r.rubric.criteria) == 4
+        assert len(r.verdicts) == 3 and all(len(row) == 4 for row in r.verdicts)
+    assert cache.count("ok") == 20 and cache.count("error") == 0
+    # the local backend shares the call cache: a rerun generates nothing
+    rerun_r = LocalChat("rubricator", rubricator.config, cache=cache)
+    rerun_v = LocalChat("verifier", verifier.config, cache=cache)
+    again = run_closing(score_groups(groups(), rerun_r, rerun_v, cfg))
+    assert rerun_r.calls_sent == rerun_v.calls_sent == 0
+    assert [r.rewards for r in again] == [r.rewards for r in results]
