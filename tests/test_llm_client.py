@@ -280,3 +280,11 @@ def test_failed_attempts_are_recorded_not_served(make_chat: MakeChat, server: Sc
     assert cache.count("error") == 1 and cache.count("ok") == 0
     assert "Answer" in run(chat.complete(req(chat))).content  # retried on the next run, not replayed
     assert cache.count("ok") == 1 and cache.count() == 1
+
+
+def test_cache_usage_per_role(make_chat: MakeChat, server: ScriptedServer, cache: CallCache) -> None:
+    chat = make_chat("teacher")
+    run(chat.complete(req(chat, "a")))
+    run(chat.complete(req(chat, "b")))
+    u = cache.usage()["teacher"]
+    assert u["calls"] == 2 and u["ok"] == 2 and u["tokens_out"] > 0

@@ -122,6 +122,16 @@ class CallCache:
                 return self._con.execute("SELECT count(*) FROM llm_calls").fetchone()[0]
             return self._con.execute("SELECT count(*) FROM llm_calls WHERE status = ?", (status,)).fetchone()[0]
 
+    def usage(self) -> dict[str, dict[str, float]]:
+        """Per role: calls, ok calls, tokens in/out and total latency, for run summaries and benches."""
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT role, count(*), sum(status = 'ok'), coalesce(sum(tokens_in), 0), "
+                "coalesce(sum(tokens_out), 0), coalesce(sum(latency_s), 0) FROM llm_calls GROUP BY role"
+            ).fetchall()
+        keys = ("calls", "ok", "tokens_in", "tokens_out", "latency_s")
+        return {role: dict(zip(keys, vals, strict=True)) for role, *vals in rows}
+
     def close(self) -> None:
         with self._lock:
             self._con.close()

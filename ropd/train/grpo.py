@@ -76,9 +76,11 @@ def _pad_batch(samples: list[TrainSample], pad_id: int, device: torch.device) ->
 
 def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log π(token_t | tokens_<t) at every position (position 0 is 0 and never in the loss mask)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["input_ids"][:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # gather − logsumexp: the same values as log_softmax + gather without a second vocab-sized tensor.
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    logp = picked - torch.logsumexp(logits.float(), dim=-1)
     return torch.nn.functional.pad(logp, (1, 0))
 
 
