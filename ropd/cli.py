@@ -18,6 +18,7 @@ from ropd.llm.base import run_closing
 from ropd.llm.cache import CallCache
 from ropd.llm.limits import CallLimiter
 from ropd.llm.openai_compat import OpenAICompatChat
+from ropd.models import DEFAULT_MODELS_DIR, ModelPrepError, prepare_all
 from ropd.rubric.engine import Group, score_groups
 from ropd.rubric.prompts import RUBRICATOR_VERSION
 from ropd.rubric.tables import result_frames, teacher_below_student_rate
@@ -97,6 +98,24 @@ def demo(
     console.print(f"[bold]summary[/bold] {json.dumps(summary)}")
     console.print(f"outputs: {out}/{{teacher,rubrics,criteria,judgements,rewards}}.parquet, "
                   f"call cache {out}/llm_cache.sqlite")
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Models shipped in PyPI packages")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    models_dir: Annotated[Path, typer.Option(help="where converted models are kept")] = DEFAULT_MODELS_DIR,
+) -> None:
+    """Convert the packaged SmolLM2 once (checksummed) and locate the packaged MiniLM; never downloads."""
+    try:
+        prepared = prepare_all(models_dir)
+    except ModelPrepError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    for name, path in prepared.items():
+        console.print(f"{name}: {path}")
 
 
 def main() -> None:  # pragma: no cover
