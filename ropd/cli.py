@@ -100,6 +100,32 @@ def demo(
                   f"call cache {out}/llm_cache.sqlite")
 
 
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="demo_data, prepare, teacher, rollout, mine, qa, verify, train, "
+                                             "evaluate, summarize, report")],
+    round: Annotated[int | None, typer.Option("--round", "-r", help="round number, for the per-round stages")] = None,
+    params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml"),
+) -> None:
+    """Run one pipeline stage: what `dvc repro` and the Prefect flow call."""
+    from ropd.params import ConfigError, load_params
+    from ropd.pipeline.lock import RunLocked
+    from ropd.pipeline.stages import RUN_STAGES, QualityGateStop, run_stage
+
+    try:
+        run_stage(load_params(params), name, round)
+    except QualityGateStop as exc:
+        raise _fail(exc, code=3) from exc
+    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"stage {name}{'' if name in RUN_STAGES else f' (round {round})'}: done")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Models shipped in PyPI packages")
 app.add_typer(models_app, name="models")
 

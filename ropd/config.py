@@ -103,3 +103,11 @@ class EngineConfig(BaseModel):
         if self.min_criteria > self.max_criteria:
             raise ValueError(f"min_criteria ({self.min_criteria}) > max_criteria ({self.max_criteria})")
         return self
+
+
+class QualityGate(BaseModel):
+    """Stop a run cleanly when too many groups of a round could not be judged (official default 0.4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_failed_share: float = Field(default=0.4, ge=0.0, le=1.0)

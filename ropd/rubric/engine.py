@@ -43,6 +43,7 @@ class Group(BaseModel):
 class GroupStatus(StrEnum):
     OK = "ok"
     JUDGE_ERROR = "judge_error"
+    MASKED = "masked"  # judged unusable before verification (e.g. a degenerate rubric after QA)
 
 
 class JudgeFailure(BaseModel):
@@ -105,19 +106,23 @@ async def verify_pool(chat: ChatModel, question: str, rubric: Rubric, pool: list
     return [row for part in parts for row in part]
 
 
-async def score_group(group: Group, rubricator: ChatModel, verifier: ChatModel, cfg: EngineConfig) -> GroupResult:
+def _failure(group: Group, exc: LLMError) -> GroupResult:
+    return GroupResult(
+        group_id=group.group_id,
+        status=GroupStatus.JUDGE_ERROR,
+        error=JudgeFailure(stage=exc.stage or "unknown", type=exc.type.value, message=exc.message),
+        rewards=[None] * len(group.student),
+    )
+
+
+async def verify_group(group: Group, rubric: Rubric, verifier: ChatModel, cfg: EngineConfig) -> GroupResult:
+    """Blind verification of one group against an already induced (and QA-cleaned) rubric."""
+    pool = (blind_pool(group.group_id, group.teacher, group.student) if cfg.blind
+            else labelled_pool(group.teacher, group.student))
     try:
-        rubric = await induce_rubric(rubricator, group, cfg)
-        pool = (blind_pool(group.group_id, group.teacher, group.student) if cfg.blind
-                else labelled_pool(group.teacher, group.student))
         rows = await verify_pool(verifier, group.question, rubric, pool, cfg)
     except LLMError as exc:
-        return GroupResult(
-            group_id=group.group_id,
-            status=GroupStatus.JUDGE_ERROR,
-            error=JudgeFailure(stage=exc.stage or "unknown", type=exc.type.value, message=exc.message),
-            rewards=[None] * len(group.student),
-        )
+        return _failure(group, exc)
     by_source = unshuffle(pool, rows)
     student_scores = [weighted_score(rubric, r) for r in by_source[Source.STUDENT]]
     return GroupResult(
@@ -132,6 +137,14 @@ async def score_group(group: Group, rubricator: ChatModel, verifier: ChatModel, 
         teacher_scores=[weighted_score(rubric, r) for r in by_source[Source.TEACHER]],
         rewards=list(student_scores),
     )
+
+
+async def score_group(group: Group, rubricator: ChatModel, verifier: ChatModel, cfg: EngineConfig) -> GroupResult:
+    try:
+        rubric = await induce_rubric(rubricator, group, cfg)
+    except LLMError as exc:
+        return _failure(group, exc)
+    return await verify_group(group, rubric, verifier, cfg)
 
 
 async def score_groups(groups: list[Group], rubricator: ChatModel, verifier: ChatModel,

@@ -5,54 +5,83 @@ from __future__ import annotations
 import hashlib
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from ropd.rubric.engine import GroupResult
 from ropd.rubric.schema import Rubric
+
+RUBRIC_COLS = ["run_id", "round", "group_id", "prompt_id", "rubric_id", "n_criteria", "max_score",
+               "rubricator_fingerprint", "rubric_json"]
+CRITERIA_COLS = ["run_id", "round", "group_id", "prompt_id", "rubric_id", "position", "criterion_id", "category",
+                 "text", "points", "rubricator_fingerprint"]
+JUDGEMENT_COLS = ["run_id", "round", "group_id", "prompt_id", "rubric_id", "source", "answer_idx", "pool_position",
+                  "criterion_id", "verdict"]
+REWARD_COLS = ["run_id", "round", "group_id", "prompt_id", "sample_idx", "rubric_id", "score", "max_score", "reward",
+               "status", "error_stage", "error_type"]
+
+
+class GroupMeta(BaseModel):
+    """Where a group's student answers came from: one prompt, and the rollouts' sample indices in order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    group_id: str
+    prompt_id: str
+    sample_indices: list[int]
 
 
 def rubric_id(rubric: Rubric) -> str:
     """Content hash: the same rubric has the same id wherever it was mined."""
     return hashlib.sha256(rubric.model_dump_json(exclude={"max_score"}).encode()).hexdigest()[:16]
 
-def result_frames(results: list[GroupResult], *, run_id: str, round: int, rubricator_fingerprint: str,
-                  prompt_ids: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
-    """`prompt_ids` maps group id → prompt id where they differ (several groups per prompt)."""
-    prompt_ids = prompt_ids or {}
-    rubrics, criteria, judgements, rewards = [], [], [], []
-    for r in results:
-        pid = prompt_ids.get(r.group_id, r.group_id)
-        base = {"run_id": run_id, "round": round, "prompt_id": pid}
+
+def rubric_frames(rubrics: list[tuple[GroupMeta, Rubric]], *, run_id: str, round: int,
+                  rubricator_fingerprint: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, crit = [], []
+    for meta, rubric in rubrics:
+        base = {"run_id": run_id, "round": round, "group_id": meta.group_id, "prompt_id": meta.prompt_id,
+                "rubric_id": rubric_id(rubric)}
+        rows.append({**base, "n_criteria": len(rubric.criteria), "max_score": rubric.max_score,
+                     "rubricator_fingerprint": rubricator_fingerprint, "rubric_json": rubric.model_dump_json()})
+        crit += [{**base, "position": pos, "criterion_id": c.id, "category": c.category.value, "text": c.text,
+                  "points": c.points, "rubricator_fingerprint": rubricator_fingerprint}
+                 for pos, c in enumerate(rubric.criteria)]
+    return pd.DataFrame(rows, columns=RUBRIC_COLS), pd.DataFrame(crit, columns=CRITERIA_COLS)
+
+
+def verdict_frames(results: list[tuple[GroupMeta, GroupResult]], *, run_id: str,
+                   round: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    judgements, rewards = [], []
+    for meta, r in results:
+        base = {"run_id": run_id, "round": round, "group_id": meta.group_id, "prompt_id": meta.prompt_id}
         rid = rubric_id(r.rubric) if r.rubric else None
         if r.rubric is not None:
-            rubrics.append({**base, "rubric_id": rid, "n_criteria": len(r.rubric.criteria),
-                            "max_score": r.rubric.max_score, "rubricator_fingerprint": rubricator_fingerprint,
-                            "rubric_json": r.rubric.model_dump_json()})
-            for pos, c in enumerate(r.rubric.criteria):
-                criteria.append({**base, "rubric_id": rid, "position": pos, "criterion_id": c.id,
-                                 "category": c.category.value, "text": c.text, "points": c.points,
-                                 "rubricator_fingerprint": rubricator_fingerprint})
             for pool_pos, (item, row) in enumerate(zip(r.pool, r.verdicts, strict=True)):
-                for c, v in zip(r.rubric.criteria, row, strict=True):
-                    judgements.append({**base, "rubric_id": rid, "source": item.source.value,
-                                       "answer_idx": item.index, "pool_position": pool_pos,
-                                       "criterion_id": c.id, "verdict": v})
+                answer_idx = meta.sample_indices[item.index] if item.source.value == "student" else item.index
+                judgements += [{**base, "rubric_id": rid, "source": item.source.value, "answer_idx": answer_idx,
+                                "pool_position": pool_pos, "criterion_id": c.id, "verdict": v}
+                               for c, v in zip(r.rubric.criteria, row, strict=True)]
         for i, reward in enumerate(r.rewards):
             score = None
-            if r.rubric is not None:
+            if r.rubric is not None and r.student_verdicts:
                 score = sum(c.points for c, v in zip(r.rubric.criteria, r.student_verdicts[i], strict=True) if v)
-            rewards.append({**base, "sample_idx": i, "rubric_id": rid, "score": score,
+            rewards.append({**base, "sample_idx": meta.sample_indices[i], "rubric_id": rid, "score": score,
                             "max_score": r.rubric.max_score if r.rubric else None, "reward": reward,
-                            "status": r.status.value,
-                            "error_stage": r.error.stage if r.error else None,
+                            "status": r.status.value, "error_stage": r.error.stage if r.error else None,
                             "error_type": r.error.type if r.error else None})
-    judg_cols = ["run_id", "round", "prompt_id", "rubric_id", "source", "answer_idx", "pool_position",
-                 "criterion_id", "verdict"]
-    return {
-        "rubrics": pd.DataFrame(rubrics),
-        "criteria": pd.DataFrame(criteria),
-        "judgements": pd.DataFrame(judgements, columns=judg_cols),
-        "rewards": pd.DataFrame(rewards),
-    }
+    return pd.DataFrame(judgements, columns=JUDGEMENT_COLS), pd.DataFrame(rewards, columns=REWARD_COLS)
+
+
+def result_frames(results: list[GroupResult], *, run_id: str, round: int, rubricator_fingerprint: str,
+                  metas: list[GroupMeta] | None = None) -> dict[str, pd.DataFrame]:
+    """All four tables from `score_groups` results (one group per prompt unless `metas` says otherwise)."""
+    metas = metas or [GroupMeta(group_id=r.group_id, prompt_id=r.group_id, sample_indices=list(range(len(r.rewards))))
+                      for r in results]
+    rubrics, criteria = rubric_frames([(m, r.rubric) for m, r in zip(metas, results, strict=True) if r.rubric],
+                                      run_id=run_id, round=round, rubricator_fingerprint=rubricator_fingerprint)
+    judgements, rewards = verdict_frames(list(zip(metas, results, strict=True)), run_id=run_id, round=round)
+    return {"rubrics": rubrics, "criteria": criteria, "judgements": judgements, "rewards": rewards}
+
 
 def teacher_below_student_rate(results: list[GroupResult]) -> float | None:
     """Share of ok groups where the best student outscores the worst teacher answer: a diagnostic only."""

@@ -261,5 +261,27 @@ class GRPOLearner:
         return learner
 
 
+def load_policy(path: Path, device: str = "cpu") -> tuple[Any, Any]:
+    """A checkpoint (full or LoRA) as a plain model + tokenizer for sampling; LoRA weights are merged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    state_path = path / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    try:
+        if state.get("lora"):
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(state["base_model"], dtype=dtype)
+            model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot load the policy ({exc})") from exc
+    return model.to(device).eval(), tokenizer
+
+
 def _is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")

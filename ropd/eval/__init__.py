@@ -1,0 +1,1 @@
+"""Held-out evaluation and rubric-reward diagnostics against ground truth."""

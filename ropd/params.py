@@ -1,0 +1,149 @@
+"""`params.yaml`: the one configuration of a run, validated, with errors that name the key.
+
+DVC reads the same file for `${...}` templating and `params:` dependencies, so the pipeline's
+structure (rounds) and its settings live in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ropd.config import EngineConfig, LimitsConfig, QualityGate, RoleConfig
+from ropd.rollout.base import SamplingParams
+from ropd.store.qa import QAConfig
+from ropd.train.config import GRPOConfig
+
+
+class ConfigError(ValueError):
+    """A bad params.yaml: the message names every offending key and what is allowed there."""
+
+
+class DataParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(default="demo", description="'demo' (generated arithmetic), or a .jsonl/.parquet path, "
+                        "or hf://dataset[:split] when a hub is reachable")
+    eval_source: str | None = Field(default=None, description="held-out set; default: the demo eval split")
+    n_train: int = Field(default=512, ge=1, description="demo generator: training problems")
+    n_eval: int = Field(default=128, ge=1, description="demo generator: held-out problems")
+    prompts_per_round: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+class TeacherParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    m: int = Field(default=4, ge=1, le=16, description="teacher answers per prompt")
+    role: RoleConfig = RoleConfig(provider="dataset", model="demo-reference-solutions")
+
+
+class StudentParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_path: str | None = Field(default=None, description="initial policy; default: the prepared SmolLM2")
+    device: str = "cpu"
+    sampling: SamplingParams = SamplingParams(n=4, temperature=1.0, max_new_tokens=96, batch_size=8)
+
+
+class EvalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_prompts: int = Field(default=16, ge=1)
+    k: int = Field(default=1, ge=1, description="samples per held-out problem; pass@1 is averaged over k")
+    temperature: float = Field(default=0.0, ge=0.0)
+    max_new_tokens: int = Field(default=96, ge=1)
+
+
+class RoundItem(BaseModel):
+    """One DVC `foreach` item: round `r` reads policy `round_<r>` and writes policy `round_<next>`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(ge=0)
+    next: int = Field(ge=1)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str = Field(default="demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    runs_dir: str = "data/runs"
+    models_dir: str = "data/models"
+    method: Literal["ropd"] = "ropd"
+    rounds: list[RoundItem] = Field(default_factory=lambda: [RoundItem(r=0, next=1), RoundItem(r=1, next=2)],
+                                    min_length=1)
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    student: StudentParams = StudentParams()
+    rubricator: RoleConfig = RoleConfig(provider="local", model="smollm2-135m-instruct", api_key_env=None,
+                                        temperature=0.7, max_tokens=800, max_repairs=1)
+    verifier: RoleConfig = RoleConfig(provider="local", model="smollm2-135m-instruct", api_key_env=None,
+                                      temperature=0.0, max_tokens=600, max_repairs=1)
+    engine: EngineConfig = EngineConfig(min_criteria=4, max_criteria=6, max_criterion_chars=80)
+    shared_rubric: bool = Field(default=True, description="one rubric per group (paper); false = one per rollout")
+    limits: LimitsConfig = LimitsConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    quality_gate: QualityGate = QualityGate()
+    qa: QAConfig = QAConfig()
+    eval: EvalParams = EvalParams()
+
+    @model_validator(mode="after")
+    def _consecutive_rounds(self) -> Params:
+        for i, item in enumerate(self.rounds):
+            if item.r != i or item.next != i + 1:
+                raise ValueError(f"rounds[{i}] must be {{r: {i}, next: {i + 1}}}: rounds run 0, 1, 2, … in order")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run_id
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at `loc` (the parent of an unknown key)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Params, loc[:-1])
+            lines.append(f"{source}: unknown key {key!r}; allowed here: {', '.join(allowed)}")
+        else:
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            lines.append(f"{source}: {key}: {err['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from exc

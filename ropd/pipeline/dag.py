@@ -1,0 +1,61 @@
+"""Each stage's inputs and outputs, for the Prefect front-end's content-hash cache keys.
+
+`dvc.yaml` declares the same edges for DVC; `tests/test_pipeline_dag.py` checks the two agree, so
+the lineage is one graph whichever front-end ran it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ropd.params import Params
+from ropd.pipeline.stages import RunPaths
+
+
+def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path], list[Path]]:
+    """(deps, outs) of one stage, as dvc.yaml declares them."""
+    p = RunPaths(params)
+    demo = [p.demo_dir / "train.parquet", p.demo_dir / "eval.parquet"]
+    if name == "demo_data":
+        return [], demo
+    if name == "prepare":
+        return demo, [p.prompts, p.checkpoint(0)]
+    if name == "teacher":
+        return [p.prompts], [p.teacher]
+    if name in ("summarize", "report"):
+        deps = [p.run] + ([p.history] if name == "report" else [])
+        return deps, [p.history if name == "summarize" else p.report]
+    assert r is not None, f"stage {name} needs a round"
+    rd = p.round(r)
+    table = {
+        "rollout": ([p.prompts, p.checkpoint(r)], [rd / "rollouts.parquet"]),
+        "mine": ([rd / "rollouts.parquet", p.teacher],
+                 [rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"]),
+        "qa": ([rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"],
+               [rd / "rubrics_clean.parquet", rd / "criteria_clean.parquet", rd / "merges.parquet", rd / "qa.md",
+                rd / "qa.json"]),
+        "verify": ([rd / "rubrics_clean.parquet", rd / "rollouts.parquet", p.teacher],
+                   [rd / "judgements.parquet", rd / "rewards.parquet", rd / "diagnostics.json"]),
+        "train": ([rd / "rollouts.parquet", rd / "rewards.parquet", p.checkpoint(r)],
+                  [p.checkpoint(r + 1), rd / "train_metrics.json"]),
+        "evaluate": ([p.checkpoint(r + 1), p.prompts], [rd / "eval.json"]),
+    }
+    return table[name]
+
+
+def content_hash(paths: list[Path]) -> str:
+    """sha256 over the bytes of every file (directories walked in sorted order); 'missing' marks absences."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path).encode())
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            if not f.is_file():
+                h.update(b"missing")
+                continue
+            h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+            with f.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
