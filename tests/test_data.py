@@ -58,7 +58,8 @@ def test_user_jsonl_and_parquet(tmp_path: Path) -> None:
     ([{"prompt": "ok"}, {"prompt": 3}], r"line 2: prompt: Input should be a valid string"),
     ([{"prompt": "ok"}, "{not json"], r"line 2: not JSON"),
     ([{"prompt": "ok"}, [1, 2]], r"line 2: expected a JSON object"),
-    ([{"prompt": "same"}, {"prompt": "x"}, {"prompt": "same"}], r"line 3: duplicate prompt \(same messages as .*line 1\)"),
+    ([{"prompt": "same"}, {"prompt": "x"}, {"prompt": "same"}],
+     r"line 3: duplicate prompt \(same messages as .*line 1\)"),
     ([{"messages": [{"role": "assistant", "content": "hi"}]}], r"line 1: .*no non-empty user turn"),
 ])
 def test_bad_rows_are_named(tmp_path: Path, rows: list, needle: str) -> None:

@@ -303,8 +303,8 @@ def train(params: Params, r: int) -> None:
             raise QualityGateStop(reason)
         rollouts = [Rollout.model_validate({k: row[k] for k in Rollout.model_fields})
                     for row in pd.read_parquet(rd / "rollouts.parquet").to_dict("records")]
-        reward_map = {(str(x["prompt_id"]), int(x["sample_idx"])): (None if pd.isna(x["reward"]) else float(x["reward"]),
-                                                                   str(x["status"]))
+        reward_map = {(str(x["prompt_id"]), int(x["sample_idx"])):
+                      (None if pd.isna(x["reward"]) else float(x["reward"]), str(x["status"]))
                       for x in rewards.to_dict("records")}
         learner = GRPOLearner.load(paths.checkpoint(r), params.grpo, device=params.student.device)
         prompts = _prompts(paths)
