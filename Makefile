@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The main job: the embedded default pipeline end to end through DVC (no keys, no network).
 run: $(STAMP)
-	$(BIN)/ropd demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/ropd summary
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -126,6 +126,49 @@ def stage(
     console.print(f"stage {name}{'' if name in RUN_STAGES else f' (round {round})'}: done")
 
 
+@app.command()
+def run(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
+    """Every stage in order in this process (no DVC, no Prefect); `dvc repro` and the flow do the same."""
+    from ropd.params import ConfigError, load_params
+    from ropd.pipeline.lock import RunLocked
+    from ropd.pipeline.stages import QualityGateStop, run_all
+
+    try:
+        run_all(load_params(params))
+    except QualityGateStop as exc:
+        raise _fail(exc, code=3) from exc
+    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError) as exc:
+        raise _fail(exc) from exc
+    summary(params)
+
+
+@app.command()
+def summary(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
+    """Where a run's outputs are, its per-round figures, and how to open the report, the UI and the audit CLI."""
+    from ropd.params import load_params
+    from ropd.pipeline.stages import RunPaths
+
+    p = load_params(params)
+    paths = RunPaths(p)
+    if paths.history.is_file():
+        rows = json.loads(paths.history.read_text())
+        table = Table(title=f"run {p.run_id}: per-round figures")
+        cols = ["round", "mean_reward", "judge_error_rate", "reward_auc", "accuracy", "loss"]
+        for c in cols:
+            table.add_column(c)
+        for row in rows:
+            table.add_row(*[("—" if row.get(c) is None else f"{row[c]:.3g}") for c in cols])
+        console.print(table)
+    console.print(f"""[bold]outputs[/bold]
+  run directory   {paths.run}/  (prompts, teacher answers, round_<r>/ tables, checkpoints/)
+  HTML report     {paths.report.resolve()}   → open it in a browser
+  metrics         dvc metrics show      plots: dvc plots show (writes dvc_plots/index.html)
+  audit the rubrics
+                  ropd store rebuild && ropd audit worst-rubrics
+                  ropd audit --sql "select * from rubric_criteria limit 5"
+  Prefect UI      prefect server start, then python flows/deploy.py (see README)""")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Models shipped in PyPI packages")
 app.add_typer(models_app, name="models")
 

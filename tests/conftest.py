@@ -59,3 +59,16 @@ def smollm2_dir() -> Path:
     from ropd.models import prepare_smollm2
 
     return prepare_smollm2()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server per session (each costs seconds), analytics off."""
+    import os
+
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["DO_NOT_TRACK"] = "1"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield

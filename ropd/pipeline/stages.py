@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ropd.io import atomic_write_parquet, atomic_write_text
 from ropd.llm.base import ChatModel, run_closing
@@ -197,6 +198,13 @@ def _groups(params: Params, paths: RunPaths, r: int) -> list[tuple[GroupMeta, Gr
     return out
 
 
+async def counted(coro: Any, bar: tqdm) -> Any:
+    try:
+        return await coro
+    finally:
+        bar.update()
+
+
 def _with_chat(params: Params, role: str, body: Any) -> Any:
     """Run `body(chat)` (a coroutine factory) with the role's chat, cache and limiter, then close them."""
     cache, limiter = _judge_resources(params)
@@ -215,13 +223,15 @@ def mine(params: Params, r: int) -> None:
     with run_lock(paths.run):
         groups = _groups(params, paths, r)
 
+        async def one(g: Group, chat: ChatModel) -> Rubric | LLMError:
+            try:
+                return await induce_rubric(chat, g, params.engine)
+            except LLMError as exc:
+                return exc
+
         async def induce_all(chat: ChatModel) -> list[Rubric | LLMError]:
-            async def one(g: Group) -> Rubric | LLMError:
-                try:
-                    return await induce_rubric(chat, g, params.engine)
-                except LLMError as exc:
-                    return exc
-            return list(await asyncio.gather(*(one(g) for _, g in groups)))
+            with tqdm(total=len(groups), desc=f"round {r} mine", unit="group") as bar:
+                return list(await asyncio.gather(*(counted(one(g, chat), bar) for _, g in groups)))
 
         outcomes = _with_chat(params, "rubricator", induce_all)
         ok = [(m, o) for (m, _), o in zip(groups, outcomes, strict=True) if isinstance(o, Rubric)]
@@ -262,18 +272,18 @@ def verify(params: Params, r: int) -> None:
             return GroupResult(group_id=g.group_id, status=status, rewards=[None] * len(g.student),
                                error=JudgeFailure(stage=stage, type=type_, message=message))
 
+        async def one(g: Group, chat: ChatModel) -> GroupResult:
+            if g.group_id in failures.index:
+                f = failures.loc[g.group_id]
+                return failed(g, str(f["stage"]), str(f["error_type"]), str(f["message"]), GroupStatus.JUDGE_ERROR)
+            row = clean.loc[g.group_id]
+            if bool(row.get("degenerate", False)):
+                return failed(g, "qa", "degenerate", "rubric left with too few criteria after QA", GroupStatus.MASKED)
+            return await verify_group(g, Rubric.model_validate_json(row["rubric_json"]), chat, params.engine)
+
         async def verify_all(chat: ChatModel) -> list[GroupResult]:
-            async def one(g: Group) -> GroupResult:
-                if g.group_id in failures.index:
-                    f = failures.loc[g.group_id]
-                    return failed(g, str(f["stage"]), str(f["error_type"]), str(f["message"]),
-                                  GroupStatus.JUDGE_ERROR)
-                row = clean.loc[g.group_id]
-                if bool(row.get("degenerate", False)):
-                    return failed(g, "qa", "degenerate", "rubric left with too few criteria after QA",
-                                  GroupStatus.MASKED)
-                return await verify_group(g, Rubric.model_validate_json(row["rubric_json"]), chat, params.engine)
-            return list(await asyncio.gather(*(one(g) for _, g in groups)))
+            with tqdm(total=len(groups), desc=f"round {r} verify", unit="group") as bar:
+                return list(await asyncio.gather(*(counted(one(g, chat), bar) for _, g in groups)))
 
         results = _with_chat(params, "verifier", verify_all)
         judgements, rewards = verdict_frames([(m, res) for (m, _), res in zip(groups, results, strict=True)],

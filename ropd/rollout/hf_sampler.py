@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ropd.rollout.base import Rollout, SamplingParams, encode_prompt
 
@@ -35,7 +36,8 @@ class TransformersSampler:
         self.model.eval()
         out: list[Rollout] = []
         try:
-            for b, start in enumerate(range(0, len(jobs), params.batch_size)):
+            starts = range(0, len(jobs), params.batch_size)
+            for b, start in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) < 2)):
                 batch = jobs[start : start + params.batch_size]
                 enc = self.tokenizer.pad({"input_ids": [encoded[pid] for pid, _ in batch]},
                                          return_tensors="pt").to(self.device)
