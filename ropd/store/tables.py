@@ -1,0 +1,335 @@
+"""The store's tables (design §3), its views, and loading a run's files into them.
+
+One list of table specs drives the DDL, the column checks on every input file and the ingest, so the
+store, the QA stage, the diagnostics and the report all read the data contract the same way. The
+views hold the joins everyone needs once: a consumer that wants "the rubric the verifier used" or
+"the verdict matrix of a group" queries a view instead of writing the join again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ropd.rubric.schema import Category
+
+ROUND_DIR = re.compile(r"^round_(\d{3,})$")
+CALL_CACHE = "llm_cache.sqlite"
+SCHEMA_VERSION = "1"
+
+V, INT, D, B = "VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"
+_RUN = (("run_id", V),)
+_ROUND = (("run_id", V), ("round", INT))
+_RUBRIC = (*_ROUND, ("prompt_id", V), ("rubric_id", V), ("n_criteria", INT), ("max_score", INT),
+           ("rubricator_fingerprint", V), ("rubric_json", V))
+_CRITERIA = (*_ROUND, ("prompt_id", V), ("rubric_id", V), ("position", INT), ("criterion_id", V), ("category", V),
+             ("text", V), ("points", INT), ("rubricator_fingerprint", V))
+
+
+class StoreError(RuntimeError):
+    """An input file breaks the data contract, or the database cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A contract table. `file` lives in the run directory (`scope="run"`) or in every round directory.
+
+    `run_id` is never read from a file: a run is its directory, so a copied or renamed run directory
+    ingests under its own name and re-ingesting it replaces exactly its own rows.
+    """
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    file: str | None = None
+    scope: str = "round"
+
+    @property
+    def file_columns(self) -> list[str]:
+        return [c for c, _ in self.columns if c != "run_id"]
+
+    def ddl(self) -> str:
+        cols = ", ".join(f"{c} {t}" for c, t in self.columns)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({cols})"
+
+
+TABLES: tuple[Table, ...] = (
+    Table("prompts", (*_RUN, ("prompt_id", V), ("question", V), ("reference_answer", V), ("split", V),
+                      ("source", V)), "prompts.parquet", "run"),
+    Table("teacher_answers", (*_RUN, ("prompt_id", V), ("teacher_fingerprint", V), ("answer_idx", INT), ("text", V)),
+          "teacher.parquet", "run"),
+    Table("rollouts", (*_ROUND, ("prompt_id", V), ("sample_idx", INT), ("text", V), ("n_tokens", INT),
+                       ("finish_reason", V), ("checkpoint", V)), "rollouts.parquet"),
+    Table("rubrics", _RUBRIC, "rubrics.parquet"),
+    Table("criteria", _CRITERIA, "criteria.parquet"),
+    Table("rubrics_clean", (*_RUBRIC, ("raw_rubric_id", V), ("degenerate", B), ("flags", "VARCHAR[]")),
+          "rubrics_clean.parquet"),
+    Table("criteria_clean", _CRITERIA, "criteria_clean.parquet"),
+    Table("merges", (*_ROUND, ("prompt_id", V), ("raw_rubric_id", V), ("rubric_id", V), ("kind", V),
+                     ("similarity", D), ("kept_criterion_id", V), ("kept_points", INT), ("kept_text", V),
+                     ("dropped_criterion_id", V), ("dropped_points", INT), ("dropped_text", V)), "merges.parquet"),
+    Table("judgements", (*_ROUND, ("prompt_id", V), ("rubric_id", V), ("source", V), ("answer_idx", INT),
+                         ("pool_position", INT), ("criterion_id", V), ("verdict", B)), "judgements.parquet"),
+    Table("rewards", (*_ROUND, ("prompt_id", V), ("sample_idx", INT), ("rubric_id", V), ("score", INT),
+                      ("max_score", INT), ("reward", D), ("status", V), ("error_stage", V), ("error_type", V)),
+          "rewards.parquet"),
+    Table("rubric_failures", (*_ROUND, ("prompt_id", V), ("stage", V), ("error_type", V), ("message", V)),
+          "rubric_failures.parquet"),
+    # qa.json and diagnostics.json of each round, kept whole so new metrics need no schema change.
+    Table("round_metrics", (*_ROUND, ("qa", "JSON"), ("diagnostics", "JSON"))),
+)
+BY_NAME = {t.name: t for t in TABLES}
+# The call cache is shared by successive runs and content-addressed, so it is keyed by call_id, not run_id.
+LLM_CALLS = Table("llm_calls", (("call_id", V), ("role", V), ("model", V), ("template", V), ("request", V),
+                                ("response", V), ("content", V), ("finish_reason", V), ("status", V),
+                                ("error_type", V), ("error", V), ("latency_s", D), ("tokens_in", INT),
+                                ("tokens_out", INT), ("attempts", INT), ("created_at", D)), CALL_CACHE, "cache")
+
+_KEY = "run_id, round, prompt_id, rubric_id"
+_CATEGORY_PASS = ",\n       ".join(
+    f"sum(n_pass) FILTER (WHERE category = '{c.value}') / sum(n_answers) FILTER (WHERE category = '{c.value}')"
+    f" AS pass_{c.value}" for c in Category)
+
+VIEWS: tuple[str, ...] = (
+    # The rubric the verifier used: the QA output where QA ran for the round, else the raw rubric.
+    """CREATE OR REPLACE VIEW rubrics_final AS
+SELECT run_id, round, prompt_id, rubric_id, raw_rubric_id, n_criteria, max_score, rubricator_fingerprint,
+       rubric_json, degenerate, flags, true AS qa
+FROM rubrics_clean
+UNION ALL
+SELECT run_id, round, prompt_id, rubric_id, rubric_id, n_criteria, max_score, rubricator_fingerprint,
+       rubric_json, false, []::VARCHAR[], false
+FROM rubrics r
+WHERE NOT EXISTS (SELECT 1 FROM rubrics_clean k WHERE k.run_id = r.run_id AND k.round = r.round)""",
+    """CREATE OR REPLACE VIEW criteria_final AS
+SELECT * FROM criteria_clean
+UNION ALL
+SELECT * FROM criteria c
+WHERE NOT EXISTS (SELECT 1 FROM criteria_clean k WHERE k.run_id = c.run_id AND k.round = c.round)""",
+    f"""CREATE OR REPLACE VIEW rubric_criteria AS
+SELECT r.run_id, r.round, r.prompt_id, r.rubric_id, r.raw_rubric_id, r.n_criteria, r.max_score, r.degenerate,
+       r.flags, r.qa, c.position, c.criterion_id, c.category, c.points, c.text
+FROM rubrics_final r JOIN criteria_final c USING ({_KEY})""",
+    f"""CREATE OR REPLACE VIEW verdict_matrix AS
+SELECT j.run_id, j.round, j.prompt_id, j.rubric_id, j.source, j.answer_idx, j.pool_position,
+       list(j.verdict ORDER BY c.position) AS verdicts,
+       list(c.criterion_id ORDER BY c.position) AS criterion_ids,
+       coalesce(sum(c.points) FILTER (WHERE j.verdict), 0) AS score,
+       sum(c.points) AS max_score,
+       coalesce(sum(c.points) FILTER (WHERE j.verdict), 0) / sum(c.points) AS weighted
+FROM judgements j JOIN criteria_final c USING ({_KEY}, criterion_id)
+GROUP BY j.run_id, j.round, j.prompt_id, j.rubric_id, j.source, j.answer_idx, j.pool_position""",
+    """CREATE OR REPLACE VIEW rollout_rewards AS
+SELECT run_id, round, prompt_id, sample_idx, o.text, o.n_tokens, o.finish_reason, o.checkpoint,
+       w.rubric_id, w.score, w.max_score, w.reward, w.status, w.error_stage, w.error_type
+FROM rollouts o FULL JOIN rewards w USING (run_id, round, prompt_id, sample_idx)""",
+    f"""CREATE OR REPLACE VIEW criterion_stats AS
+SELECT c.run_id, c.round, c.prompt_id, c.rubric_id, c.position, c.criterion_id, c.category, c.points, c.text,
+       count(*) AS n_answers,
+       count(*) FILTER (WHERE j.verdict) AS n_pass,
+       1 - avg(j.verdict::INT) AS fail_rate,
+       avg(j.verdict::INT) FILTER (WHERE j.source = 'teacher') AS teacher_pass_rate,
+       avg(j.verdict::INT) FILTER (WHERE j.source = 'student') AS student_pass_rate,
+       bool_and(j.verdict) OR NOT bool_or(j.verdict) AS non_discriminative
+FROM judgements j JOIN criteria_final c USING ({_KEY}, criterion_id)
+GROUP BY ALL""",
+    f"""CREATE OR REPLACE VIEW rubric_health AS
+WITH s AS (
+  SELECT {_KEY},
+         avg(weighted) FILTER (WHERE source = 'teacher') AS teacher_mean,
+         min(weighted) FILTER (WHERE source = 'teacher') AS teacher_min,
+         avg(weighted) FILTER (WHERE source = 'student') AS student_mean,
+         max(weighted) FILTER (WHERE source = 'student') AS student_max
+  FROM verdict_matrix GROUP BY ALL
+), d AS (
+  SELECT {_KEY}, count(*) FILTER (WHERE non_discriminative) AS non_discriminative
+  FROM criterion_stats GROUP BY ALL
+), m AS (
+  SELECT {_KEY}, count(*) AS merges FROM merges GROUP BY ALL
+)
+SELECT r.run_id, r.round, r.prompt_id, r.rubric_id, r.n_criteria, r.max_score, r.degenerate, r.flags,
+       coalesce(m.merges, 0) AS merges, d.non_discriminative,
+       s.teacher_mean, s.student_mean, s.teacher_min, s.student_max,
+       s.teacher_min < s.student_max AS teacher_below_student,
+       len(r.flags) + coalesce(d.non_discriminative, 0) + coalesce((s.teacher_min < s.student_max)::INT, 0)
+         AS issues
+FROM rubrics_final r LEFT JOIN m USING ({_KEY}) LEFT JOIN d USING ({_KEY}) LEFT JOIN s USING ({_KEY})""",
+    f"""CREATE OR REPLACE VIEW round_trends AS
+WITH rounds AS (
+  SELECT run_id, round FROM rewards UNION SELECT run_id, round FROM rubrics_final
+  UNION SELECT run_id, round FROM round_metrics
+), rw AS (
+  SELECT run_id, round, count(DISTINCT prompt_id) AS prompts, count(*) AS rollouts,
+         avg(reward) FILTER (WHERE status = 'ok') AS mean_reward,
+         count(DISTINCT prompt_id) FILTER (WHERE status = 'judge_error') / count(DISTINCT prompt_id)
+           AS judge_error_rate
+  FROM rewards GROUP BY ALL
+), rh AS (
+  SELECT run_id, round, count(*) AS rubrics, avg(n_criteria) AS mean_criteria,
+         count(*) FILTER (WHERE degenerate) AS degenerate, count(*) FILTER (WHERE len(flags) > 0) AS flagged,
+         sum(merges) AS merges, avg(teacher_mean) AS teacher_mean,
+         avg(teacher_below_student::INT) AS teacher_below_student_rate
+  FROM rubric_health GROUP BY ALL
+), cs AS (
+  SELECT run_id, round, avg(non_discriminative::INT) AS non_discriminative_rate,
+       {_CATEGORY_PASS}
+  FROM criterion_stats GROUP BY ALL
+)
+SELECT run_id, round, rw.prompts, rw.rollouts, rw.mean_reward, rh.teacher_mean,
+       TRY_CAST(mt.diagnostics->>'reward_auc' AS DOUBLE) AS reward_auc, rw.judge_error_rate,
+       rh.rubrics, rh.mean_criteria, rh.merges, rh.flagged, rh.degenerate, rh.teacher_below_student_rate,
+       cs.* EXCLUDE (run_id, round)
+FROM rounds LEFT JOIN rw USING (run_id, round) LEFT JOIN rh USING (run_id, round)
+  LEFT JOIN cs USING (run_id, round) LEFT JOIN round_metrics mt USING (run_id, round)
+ORDER BY run_id, round""",
+)
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every table (if missing) and (re)create every view, then stamp the schema version."""
+    con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    found = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+    if found is not None and found[0] != SCHEMA_VERSION:
+        raise StoreError(f"the store has schema version {found[0]}, this ropd writes {SCHEMA_VERSION}; "
+                         "run `ropd store rebuild`")
+    for t in (*TABLES, LLM_CALLS):
+        con.execute(t.ddl())
+    for view in VIEWS:
+        con.execute(view)
+    con.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+
+
+def round_key(round_dir: Path) -> tuple[str, int]:
+    """(run_id, round) of a `data/runs/<run_id>/round_<NNN>` directory."""
+    m = ROUND_DIR.match(round_dir.name)
+    if m is None:
+        raise StoreError(f"{round_dir}: not a round directory (expected a name like round_000)")
+    return round_dir.parent.name, int(m.group(1))
+
+
+def round_dirs(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and ROUND_DIR.match(p.name))
+
+
+def load_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, int]:
+    """Replace everything the database holds for this run by what its files hold now, in one transaction.
+
+    Deleting then inserting makes ingest idempotent, and a round removed from disk leaves the store too.
+    """
+    run_id = run_dir.name
+    counts: Counter[str] = Counter()
+    con.begin()
+    try:
+        for t in TABLES:
+            con.execute(f"DELETE FROM {t.name} WHERE run_id = ?", [run_id])
+        for t in TABLES:
+            if t.scope == "run":
+                counts[t.name] += _insert_parquet(con, t, run_dir / t.file, run_id, None)
+        for rdir in round_dirs(run_dir):
+            counts.update(load_round(con, rdir))
+        if (run_dir / CALL_CACHE).exists():
+            counts[LLM_CALLS.name] += load_calls(con, run_dir / CALL_CACHE)
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return dict(counts)
+
+
+def load_round(con: duckdb.DuckDBPyConnection, round_dir: Path, only: Iterable[str] | None = None) -> dict[str, int]:
+    """Insert one round's files (those of `only`, by table name, or all); missing files are skipped."""
+    run_id, rnd = round_key(round_dir)
+    names = set(only) if only is not None else {t.name for t in TABLES if t.scope == "round"}
+    counts = {t.name: _insert_parquet(con, t, round_dir / t.file, run_id, rnd)
+              for t in TABLES if t.name in names and t.file is not None}
+    if "round_metrics" in names:
+        docs = [_read_json(round_dir / f) for f in ("qa.json", "diagnostics.json")]
+        if any(d is not None for d in docs):
+            con.execute("INSERT INTO round_metrics VALUES (?, ?, ?, ?)", [run_id, rnd, *docs])
+            counts["round_metrics"] = 1
+    return counts
+
+
+def _read_json(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path}: not valid JSON ({e})") from e
+    return text
+
+
+def _insert_parquet(con: duckdb.DuckDBPyConnection, table: Table, path: Path, run_id: str, rnd: int | None) -> int:
+    """Insert the contract columns of one parquet file (extra columns are ignored), casting to the table's types."""
+    if not path.exists():
+        return 0
+    try:
+        if pq.read_metadata(path).num_rows == 0:  # an empty frame may have been written with no columns at all
+            return 0
+    except Exception as e:
+        raise StoreError(f"{path}: not a readable parquet file ({e})") from e
+    src = str(path)
+    have = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [src]).fetchall()}
+    missing = [c for c in table.file_columns if c not in have]
+    if missing:
+        raise StoreError(f"{path}: missing column(s) {', '.join(missing)}; "
+                         f"a {table.name} file needs {', '.join(table.file_columns)}")
+    if rnd is not None:
+        bad = con.execute("SELECT DISTINCT round FROM read_parquet(?) WHERE round IS DISTINCT FROM ?",
+                          [src, rnd]).fetchall()
+        if bad:
+            raise StoreError(f"{path}: column round holds {sorted(r[0] for r in bad)!r}, but the file sits in "
+                             f"{path.parent.name}")
+    types = dict(table.columns)
+    select = ", ".join(f"CAST({c} AS {types[c]}) AS {c}" for c in table.file_columns)
+    try:
+        row = con.execute(f"INSERT INTO {table.name} BY NAME SELECT ?::VARCHAR AS run_id, {select} "
+                          "FROM read_parquet(?)", [run_id, src]).fetchone()
+    except duckdb.ConversionException as e:
+        raise StoreError(f"{path}: {_bad_column(con, table, src)}: {e}") from e
+    return int(row[0]) if row else 0
+
+
+def _bad_column(con: duckdb.DuckDBPyConnection, table: Table, src: str) -> str:
+    """Name the first column whose values do not cast to the contract type (only called after a failure)."""
+    for col, typ in table.columns:
+        if col == "run_id":
+            continue
+        n = con.execute(f"SELECT count(*) FROM read_parquet(?) WHERE {col} IS NOT NULL "
+                        f"AND TRY_CAST({col} AS {typ}) IS NULL", [src]).fetchone()
+        if n and n[0]:
+            return f"column {col} has {n[0]} value(s) that are not {typ}"
+    return "a column has values of the wrong type"
+
+
+def load_calls(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Upsert the llm_calls of a SQLite call cache, read-only so a run writing it is not disturbed."""
+    cols = ", ".join(c for c, _ in LLM_CALLS.columns)
+    try:
+        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            calls = pd.read_sql_query(f"SELECT {cols} FROM llm_calls", src)
+        finally:
+            src.close()
+    except (sqlite3.Error, pd.errors.DatabaseError) as e:
+        raise StoreError(f"{path}: cannot read llm_calls ({e})") from e
+    if calls.empty:
+        return 0
+    con.register("_calls", calls)
+    try:
+        con.execute("DELETE FROM llm_calls WHERE call_id IN (SELECT call_id FROM _calls)")
+        casts = ", ".join(f"CAST({c} AS {t})" for c, t in LLM_CALLS.columns)
+        con.execute(f"INSERT INTO llm_calls SELECT {casts} FROM _calls")
+    finally:
+        con.unregister("_calls")
+    return len(calls)
