@@ -101,7 +101,7 @@ def demo(
 
 
 def _fail(exc: Exception, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # unwrapped: messages name paths and keys
     return typer.Exit(code)
 
 
@@ -181,8 +181,7 @@ def models_prepare(
     try:
         prepared = prepare_all(models_dir)
     except ModelPrepError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(exc) from exc
     for name, path in prepared.items():
         console.print(f"{name}: {path}")
 

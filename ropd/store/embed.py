@@ -13,6 +13,7 @@ import numpy as np
 from ropd.models import minilm_dir
 
 MAX_TOKENS = 256  # the model's training length; criteria are far shorter (≤ 600 chars)
+DIM = 384
 
 
 @lru_cache(maxsize=1)
@@ -25,10 +26,12 @@ def _model() -> tuple[Any, Any]:
 
 def embed(texts: list[str], batch: int = 64) -> np.ndarray:
     """Unit-norm float32 embeddings, one row per text (shape n × 384)."""
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    if not texts:
+        return out
     import torch
 
     tokenizer, model = _model()
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for i in range(0, len(texts), batch):
             enc = tokenizer(texts[i:i + batch], padding=True, truncation=True, max_length=MAX_TOKENS,
