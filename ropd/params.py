@@ -85,6 +85,9 @@ class Params(BaseModel):
                                       temperature=0.0, max_tokens=600, max_repairs=1)
     engine: EngineConfig = EngineConfig(min_criteria=4, max_criteria=6, max_criterion_chars=80)
     shared_rubric: bool = Field(default=True, description="one rubric per group (paper); false = one per rollout")
+    degenerate_rubrics: Literal["verify_raw", "mask"] = Field(
+        default="verify_raw", description="a rubric QA leaves with too few criteria: verify with the raw rubric "
+        "(flagged in qa.json) or mask its group")
     limits: LimitsConfig = LimitsConfig()
     grpo: GRPOConfig = GRPOConfig()
     quality_gate: QualityGate = QualityGate()

@@ -26,7 +26,8 @@ XSS = ("<script>document.title='XSS-SCRIPT'</script><img src=x onerror=\"documen
        "Answer: 27")
 
 # (prompt_id, question, reference answer, teacher answers, student rollouts)
-PROMPTS: list[tuple[str, str, str | None, list[str], list[str]]] = [
+Prompt = tuple[str, str, str | None, list[str], list[str]]
+PROMPTS: list[Prompt] = [
     ("p-pencils", "Mia buys 3 packs of 12 pencils and gives 9 away. How many are left?", "27",
      ["3 * 12 = 36, 36 - 9 = 27. Answer: \\boxed{27}", "36 pencils minus 9 leaves 27. Answer: 27"],
      ["3 * 12 = 36; 36 - 9 = 27. Answer: 27", "3 + 12 = 15, 15 - 9 = 6. Answer: 6", XSS,
@@ -81,20 +82,29 @@ def judge(rubric: Rubric, text: str, ref: str | None) -> list[bool]:
             for c in rubric.criteria]
 
 
-def prompts_frame() -> pd.DataFrame:
+def many_prompts(n: int) -> list[Prompt]:
+    """n arithmetic prompts with two teacher answers and four rollouts (two right, two wrong) each."""
+    return [(f"q{i:04d}", f"What is {i} + {i + 1}?", str(2 * i + 1),
+             [f"{i} + {i + 1} = {2 * i + 1}. Answer: {2 * i + 1}", f"Answer: \\boxed{{{2 * i + 1}}}"],
+             [f"Answer: {2 * i + 1}", f"Answer: {2 * i}", f"{i}+{i + 1} is {2 * i + 1}. Answer: {2 * i + 1}",
+              "I am not sure."]) for i in range(n)]
+
+
+def prompts_frame(prompts: list[Prompt] = PROMPTS) -> pd.DataFrame:
     return pd.DataFrame([{"prompt_id": p, "question": q, "reference_answer": ref, "split": "train", "source": "demo"}
-                         for p, q, ref, _, _ in PROMPTS])
+                         for p, q, ref, _, _ in prompts])
 
 
-def write_round(run_dir: Path, rnd: int, raw: dict[str, Rubric], failed: dict[str, str]) -> Path:
+def write_round(run_dir: Path, rnd: int, raw: dict[str, Rubric], failed: dict[str, str],
+                prompt_set: list[Prompt] = PROMPTS) -> Path:
     """One round: rollouts, mined rubrics (and failures), QA, verification, diagnostics."""
-    rdir = run_dir / f"round_{rnd:03d}"
+    rdir = run_dir / f"round_{rnd}"  # the pipeline's layout; QA tests use the zero-padded form
     run_id = run_dir.name
-    prompts = prompts_frame()
+    prompts = prompts_frame(prompt_set)
     atomic_write_parquet(pd.DataFrame([
         {"run_id": run_id, "round": rnd, "prompt_id": pid, "sample_idx": i, "text": s, "n_tokens": len(s.split()),
          "finish_reason": "stop", "checkpoint": f"ckpt-{rnd}"}
-        for pid, _, _, _, students in PROMPTS for i, s in enumerate(students)]), rdir / "rollouts.parquet")
+        for pid, _, _, _, students in prompt_set for i, s in enumerate(students)]), rdir / "rollouts.parquet")
     mined = result_frames([GroupResult(group_id=pid, status=GroupStatus.OK, rubric=r) for pid, r in raw.items()],
                           run_id=run_id, round=rnd, rubricator_fingerprint=FINGERPRINT)
     atomic_write_parquet(mined["rubrics"], rdir / "rubrics.parquet")
@@ -107,7 +117,7 @@ def write_round(run_dir: Path, rnd: int, raw: dict[str, Rubric], failed: dict[st
 
     clean = pd.read_parquet(rdir / "rubrics_clean.parquet").set_index("prompt_id")
     results = []
-    for pid, _, ref, teacher, students in PROMPTS:
+    for pid, _, ref, teacher, students in prompt_set:
         if pid in failed or pid not in clean.index:
             results.append(GroupResult(group_id=pid, status=GroupStatus.JUDGE_ERROR, rewards=[None] * len(students),
                                        error=JudgeFailure(stage="rubric", type=failed.get(pid, "schema"),
@@ -133,13 +143,17 @@ def write_round(run_dir: Path, rnd: int, raw: dict[str, Rubric], failed: dict[st
     return rdir
 
 
+def write_prompts(run_dir: Path, prompts: list[Prompt]) -> None:
+    atomic_write_parquet(prompts_frame(prompts), run_dir / "prompts.parquet")
+    atomic_write_parquet(pd.DataFrame([
+        {"prompt_id": pid, "teacher_fingerprint": "teacher-fp", "answer_idx": i, "text": t}
+        for pid, _, _, teacher, _ in prompts for i, t in enumerate(teacher)]), run_dir / "teacher.parquet")
+
+
 def write_run(runs_root: Path, run_id: str = RUN_ID) -> Path:
     """Round 0 holds the bad rubric (p-pencils); round 1 has a failed group (p-essay)."""
     run_dir = runs_root / run_id
-    atomic_write_parquet(prompts_frame(), run_dir / "prompts.parquet")
-    atomic_write_parquet(pd.DataFrame([
-        {"prompt_id": pid, "teacher_fingerprint": "teacher-fp", "answer_idx": i, "text": t}
-        for pid, _, _, teacher, _ in PROMPTS for i, t in enumerate(teacher)]), run_dir / "teacher.parquet")
+    write_prompts(run_dir, PROMPTS)
     write_round(run_dir, 0, {"p-pencils": bad_rubric(), **{p[0]: good_rubric() for p in PROMPTS[1:]}}, {})
     write_round(run_dir, 1, {p[0]: good_rubric(" (r1)") for p in PROMPTS[:3]}, {"p-essay": "schema"})
     cache = CallCache(run_dir / "llm_cache.sqlite")

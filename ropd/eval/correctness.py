@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from math_verify import parse, verify
-
 from ropd.rubric.pool import strip_think
 
 MAX_FINAL_ANSWER_CHARS = 60
@@ -29,6 +27,8 @@ def is_correct(answer_text: str, reference: str) -> bool | None:
     None when the reference itself cannot be parsed (no ground truth to compare with). An answer with
     no extractable result is False: a rollout that never states an answer did not solve the problem.
     """
+    from math_verify import parse, verify  # imports sympy (~0.6 s): only where correctness is checked
+
     t = _timeout()
     gold = parse(reference, parsing_timeout=t)
     if not gold:

@@ -35,7 +35,7 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
         "qa": ([rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"],
                [rd / "rubrics_clean.parquet", rd / "criteria_clean.parquet", rd / "merges.parquet", rd / "qa.md",
                 rd / "qa.json"]),
-        "verify": ([rd / "rubrics_clean.parquet", rd / "rollouts.parquet", p.teacher],
+        "verify": ([rd / "rubrics_clean.parquet", rd / "rubrics.parquet", rd / "rollouts.parquet", p.teacher],
                    [rd / "judgements.parquet", rd / "rewards.parquet", rd / "diagnostics.json"]),
         "train": ([rd / "rollouts.parquet", rd / "rewards.parquet", p.checkpoint(r)],
                   [p.checkpoint(r + 1), rd / "train_metrics.json"]),

@@ -266,6 +266,7 @@ def verify(params: Params, r: int) -> None:
     with run_lock(paths.run):
         groups = _groups(params, paths, r)
         clean = pd.read_parquet(rd / "rubrics_clean.parquet").set_index("group_id")
+        raw = pd.read_parquet(rd / "rubrics.parquet").set_index("group_id")
         failures = pd.read_parquet(rd / "rubric_failures.parquet").set_index("group_id")
 
         def failed(g: Group, stage: str, type_: str, message: str, status: GroupStatus) -> GroupResult:
@@ -277,9 +278,13 @@ def verify(params: Params, r: int) -> None:
                 f = failures.loc[g.group_id]
                 return failed(g, str(f["stage"]), str(f["error_type"]), str(f["message"]), GroupStatus.JUDGE_ERROR)
             row = clean.loc[g.group_id]
+            rubric_json = row["rubric_json"]
             if bool(row.get("degenerate", False)):
-                return failed(g, "qa", "degenerate", "rubric left with too few criteria after QA", GroupStatus.MASKED)
-            return await verify_group(g, Rubric.model_validate_json(row["rubric_json"]), chat, params.engine)
+                if params.degenerate_rubrics == "mask":
+                    return failed(g, "qa", "degenerate", "rubric left with too few criteria after QA",
+                                  GroupStatus.MASKED)
+                rubric_json = raw.loc[g.group_id, "rubric_json"]  # still 4..12 criteria; flagged in qa.json
+            return await verify_group(g, Rubric.model_validate_json(rubric_json), chat, params.engine)
 
         async def verify_all(chat: ChatModel) -> list[GroupResult]:
             with tqdm(total=len(groups), desc=f"round {r} verify", unit="group") as bar:

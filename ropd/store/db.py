@@ -6,15 +6,17 @@ renames it over, so a reader never sees a half-built store and a failed rebuild 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 
 from ropd.io import atomic_path
-from ropd.store.tables import StoreError, create_schema, load_run
+from ropd.store.tables import StoreError, check_version, create_schema, load_calls, load_run
 
 DEFAULT_DB = Path("data/ropd.duckdb")
 DEFAULT_RUNS = Path("data/runs")
+DEFAULT_CALLS = Path("data/cache/llm_calls.sqlite")  # the pipeline's call cache, shared by its runs
 
 
 class Store:
@@ -23,18 +25,16 @@ class Store:
 
     def connect(self, read_only: bool = True) -> duckdb.DuckDBPyConnection:
         """Read-only connections also disable file access, so ad-hoc SQL can neither read nor write files."""
-        if read_only:
-            if not self.path.exists():
-                raise StoreError(f"no store at {self.path}; build it with `ropd store rebuild`")
-            try:
-                return duckdb.connect(str(self.path), read_only=True,
-                                      config={"enable_external_access": False, "lock_configuration": True})
-            except duckdb.Error as e:
-                raise StoreError(f"{self.path}: cannot open the store ({e})") from e
+        if read_only and not self.path.exists():
+            raise StoreError(f"no store at {self.path}; build it with `ropd store rebuild`")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.path))
+        config = {"enable_external_access": False, "lock_configuration": True} if read_only else {}
         try:
-            create_schema(con)
+            con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+        except duckdb.Error as e:  # not a DuckDB file, or another process holds it for writing
+            raise StoreError(f"{self.path}: cannot open the store ({e})") from e
+        try:
+            (check_version if read_only else create_schema)(con)
         except BaseException:
             con.close()
             raise
@@ -49,8 +49,19 @@ class Store:
         finally:
             con.close()
 
-    def rebuild(self, runs_root: Path = DEFAULT_RUNS) -> dict[str, dict[str, int]]:
-        """Build the store from scratch from every run directory under `runs_root`; returns row counts per run."""
+    def ingest_calls(self, cache: Path) -> int:
+        """Upsert the llm_calls of a SQLite call cache (keyed by call_id, so re-ingesting adds nothing)."""
+        con = self.connect(read_only=False)
+        try:
+            return load_calls(con, cache)
+        finally:
+            con.close()
+
+    def rebuild(self, runs_root: Path = DEFAULT_RUNS, call_caches: Sequence[Path] = ()) -> dict[str, dict[str, int]]:
+        """Build the store from scratch from every run directory under `runs_root` and the given call caches.
+
+        Returns row counts per run (and per call cache, under its path).
+        """
         if not runs_root.is_dir():
             raise StoreError(f"{runs_root}: no such runs directory")
         counts: dict[str, dict[str, int]] = {}
@@ -59,8 +70,10 @@ class Store:
             con = duckdb.connect(str(tmp))
             try:
                 create_schema(con)
-                for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+                for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
                     counts[run_dir.name] = load_run(con, run_dir)
+                for cache in call_caches:
+                    counts[str(cache)] = {"llm_calls": load_calls(con, cache)}
             finally:
                 con.close()
             # A write-ahead log left by a crashed writer of the old file must not be replayed onto the new one.

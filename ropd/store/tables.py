@@ -22,17 +22,18 @@ import pyarrow.parquet as pq
 
 from ropd.rubric.schema import Category
 
-ROUND_DIR = re.compile(r"^round_(\d{3,})$")
+ROUND_DIR = re.compile(r"^round_(\d+)$")
 CALL_CACHE = "llm_cache.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 V, INT, D, B = "VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"
 _RUN = (("run_id", V),)
 _ROUND = (("run_id", V), ("round", INT))
-_RUBRIC = (*_ROUND, ("prompt_id", V), ("rubric_id", V), ("n_criteria", INT), ("max_score", INT),
-           ("rubricator_fingerprint", V), ("rubric_json", V))
-_CRITERIA = (*_ROUND, ("prompt_id", V), ("rubric_id", V), ("position", INT), ("criterion_id", V), ("category", V),
-             ("text", V), ("points", INT), ("rubricator_fingerprint", V))
+_GROUP = (*_ROUND, ("group_id", V), ("prompt_id", V))
+_RUBRIC = (*_GROUP, ("rubric_id", V), ("n_criteria", INT), ("max_score", INT), ("rubricator_fingerprint", V),
+           ("rubric_json", V))
+_CRITERIA = (*_GROUP, ("rubric_id", V), ("position", INT), ("criterion_id", V), ("category", V), ("text", V),
+             ("points", INT), ("rubricator_fingerprint", V))
 
 
 class StoreError(RuntimeError):
@@ -44,7 +45,8 @@ class Table:
     """A contract table. `file` lives in the run directory (`scope="run"`) or in every round directory.
 
     `run_id` is never read from a file: a run is its directory, so a copied or renamed run directory
-    ingests under its own name and re-ingesting it replaces exactly its own rows.
+    ingests under its own name and re-ingesting it replaces exactly its own rows. A file without
+    `group_id` (one group per prompt, the paper's shared rubric) takes the prompt id as its group id.
     """
 
     name: str
@@ -55,6 +57,10 @@ class Table:
     @property
     def file_columns(self) -> list[str]:
         return [c for c, _ in self.columns if c != "run_id"]
+
+    @property
+    def required_columns(self) -> list[str]:
+        return [c for c in self.file_columns if c not in DEFAULTS]
 
     def ddl(self) -> str:
         cols = ", ".join(f"{c} {t}" for c, t in self.columns)
@@ -73,27 +79,28 @@ TABLES: tuple[Table, ...] = (
     Table("rubrics_clean", (*_RUBRIC, ("raw_rubric_id", V), ("degenerate", B), ("flags", "VARCHAR[]")),
           "rubrics_clean.parquet"),
     Table("criteria_clean", _CRITERIA, "criteria_clean.parquet"),
-    Table("merges", (*_ROUND, ("prompt_id", V), ("raw_rubric_id", V), ("rubric_id", V), ("kind", V),
+    Table("merges", (*_GROUP, ("raw_rubric_id", V), ("rubric_id", V), ("kind", V),
                      ("similarity", D), ("kept_criterion_id", V), ("kept_points", INT), ("kept_text", V),
                      ("dropped_criterion_id", V), ("dropped_points", INT), ("dropped_text", V)), "merges.parquet"),
-    Table("judgements", (*_ROUND, ("prompt_id", V), ("rubric_id", V), ("source", V), ("answer_idx", INT),
+    Table("judgements", (*_GROUP, ("rubric_id", V), ("source", V), ("answer_idx", INT),
                          ("pool_position", INT), ("criterion_id", V), ("verdict", B)), "judgements.parquet"),
-    Table("rewards", (*_ROUND, ("prompt_id", V), ("sample_idx", INT), ("rubric_id", V), ("score", INT),
+    Table("rewards", (*_GROUP, ("sample_idx", INT), ("rubric_id", V), ("score", INT),
                       ("max_score", INT), ("reward", D), ("status", V), ("error_stage", V), ("error_type", V)),
           "rewards.parquet"),
-    Table("rubric_failures", (*_ROUND, ("prompt_id", V), ("stage", V), ("error_type", V), ("message", V)),
+    Table("rubric_failures", (*_GROUP, ("stage", V), ("error_type", V), ("message", V)),
           "rubric_failures.parquet"),
     # qa.json and diagnostics.json of each round, kept whole so new metrics need no schema change.
     Table("round_metrics", (*_ROUND, ("qa", "JSON"), ("diagnostics", "JSON"))),
 )
 BY_NAME = {t.name: t for t in TABLES}
+DEFAULTS = {"group_id": "prompt_id"}  # column → expression used where a file lacks the column
 # The call cache is shared by successive runs and content-addressed, so it is keyed by call_id, not run_id.
 LLM_CALLS = Table("llm_calls", (("call_id", V), ("role", V), ("model", V), ("template", V), ("request", V),
                                 ("response", V), ("content", V), ("finish_reason", V), ("status", V),
                                 ("error_type", V), ("error", V), ("latency_s", D), ("tokens_in", INT),
                                 ("tokens_out", INT), ("attempts", INT), ("created_at", D)), CALL_CACHE, "cache")
 
-_KEY = "run_id, round, prompt_id, rubric_id"
+_KEY = "run_id, round, group_id, rubric_id"  # a group is judged against one rubric; prompt_id rides along
 _CATEGORY_PASS = ",\n       ".join(
     f"sum(n_pass) FILTER (WHERE category = '{c.value}') / sum(n_answers) FILTER (WHERE category = '{c.value}')"
     f" AS pass_{c.value}" for c in Category)
@@ -101,11 +108,11 @@ _CATEGORY_PASS = ",\n       ".join(
 VIEWS: tuple[str, ...] = (
     # The rubric the verifier used: the QA output where QA ran for the round, else the raw rubric.
     """CREATE OR REPLACE VIEW rubrics_final AS
-SELECT run_id, round, prompt_id, rubric_id, raw_rubric_id, n_criteria, max_score, rubricator_fingerprint,
+SELECT run_id, round, group_id, prompt_id, rubric_id, raw_rubric_id, n_criteria, max_score, rubricator_fingerprint,
        rubric_json, degenerate, flags, true AS qa
 FROM rubrics_clean
 UNION ALL
-SELECT run_id, round, prompt_id, rubric_id, rubric_id, n_criteria, max_score, rubricator_fingerprint,
+SELECT run_id, round, group_id, prompt_id, rubric_id, rubric_id, n_criteria, max_score, rubricator_fingerprint,
        rubric_json, false, []::VARCHAR[], false
 FROM rubrics r
 WHERE NOT EXISTS (SELECT 1 FROM rubrics_clean k WHERE k.run_id = r.run_id AND k.round = r.round)""",
@@ -115,24 +122,26 @@ UNION ALL
 SELECT * FROM criteria c
 WHERE NOT EXISTS (SELECT 1 FROM criteria_clean k WHERE k.run_id = c.run_id AND k.round = c.round)""",
     f"""CREATE OR REPLACE VIEW rubric_criteria AS
-SELECT r.run_id, r.round, r.prompt_id, r.rubric_id, r.raw_rubric_id, r.n_criteria, r.max_score, r.degenerate,
-       r.flags, r.qa, c.position, c.criterion_id, c.category, c.points, c.text
+SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.raw_rubric_id, r.n_criteria, r.max_score,
+       r.degenerate, r.flags, r.qa, c.position, c.criterion_id, c.category, c.points, c.text
 FROM rubrics_final r JOIN criteria_final c USING ({_KEY})""",
     f"""CREATE OR REPLACE VIEW verdict_matrix AS
-SELECT j.run_id, j.round, j.prompt_id, j.rubric_id, j.source, j.answer_idx, j.pool_position,
+SELECT j.run_id, j.round, j.group_id, any_value(j.prompt_id) AS prompt_id, j.rubric_id, j.source, j.answer_idx,
+       j.pool_position,
        list(j.verdict ORDER BY c.position) AS verdicts,
        list(c.criterion_id ORDER BY c.position) AS criterion_ids,
        coalesce(sum(c.points) FILTER (WHERE j.verdict), 0) AS score,
        sum(c.points) AS max_score,
        coalesce(sum(c.points) FILTER (WHERE j.verdict), 0) / sum(c.points) AS weighted
 FROM judgements j JOIN criteria_final c USING ({_KEY}, criterion_id)
-GROUP BY j.run_id, j.round, j.prompt_id, j.rubric_id, j.source, j.answer_idx, j.pool_position""",
+GROUP BY j.run_id, j.round, j.group_id, j.rubric_id, j.source, j.answer_idx, j.pool_position""",
     """CREATE OR REPLACE VIEW rollout_rewards AS
-SELECT run_id, round, prompt_id, sample_idx, o.text, o.n_tokens, o.finish_reason, o.checkpoint,
+SELECT run_id, round, prompt_id, sample_idx, w.group_id, o.text, o.n_tokens, o.finish_reason, o.checkpoint,
        w.rubric_id, w.score, w.max_score, w.reward, w.status, w.error_stage, w.error_type
 FROM rollouts o FULL JOIN rewards w USING (run_id, round, prompt_id, sample_idx)""",
     f"""CREATE OR REPLACE VIEW criterion_stats AS
-SELECT c.run_id, c.round, c.prompt_id, c.rubric_id, c.position, c.criterion_id, c.category, c.points, c.text,
+SELECT c.run_id, c.round, c.group_id, c.prompt_id, c.rubric_id, c.position, c.criterion_id, c.category, c.points,
+       c.text,
        count(*) AS n_answers,
        count(*) FILTER (WHERE j.verdict) AS n_pass,
        1 - avg(j.verdict::INT) AS fail_rate,
@@ -155,7 +164,7 @@ WITH s AS (
 ), m AS (
   SELECT {_KEY}, count(*) AS merges FROM merges GROUP BY ALL
 )
-SELECT r.run_id, r.round, r.prompt_id, r.rubric_id, r.n_criteria, r.max_score, r.degenerate, r.flags,
+SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.n_criteria, r.max_score, r.degenerate, r.flags,
        coalesce(m.merges, 0) AS merges, d.non_discriminative,
        s.teacher_mean, s.student_mean, s.teacher_min, s.student_max,
        s.teacher_min < s.student_max AS teacher_below_student,
@@ -167,10 +176,11 @@ WITH rounds AS (
   SELECT run_id, round FROM rewards UNION SELECT run_id, round FROM rubrics_final
   UNION SELECT run_id, round FROM round_metrics
 ), rw AS (
-  SELECT run_id, round, count(DISTINCT prompt_id) AS prompts, count(*) AS rollouts,
-         avg(reward) FILTER (WHERE status = 'ok') AS mean_reward,
-         count(DISTINCT prompt_id) FILTER (WHERE status = 'judge_error') / count(DISTINCT prompt_id)
-           AS judge_error_rate
+  SELECT run_id, round, count(DISTINCT prompt_id) AS prompts, count(DISTINCT group_id) AS groups,
+         count(*) AS rollouts, avg(reward) FILTER (WHERE status = 'ok') AS mean_reward,
+         count(DISTINCT group_id) FILTER (WHERE status = 'judge_error') / count(DISTINCT group_id)
+           AS judge_error_rate,
+         count(DISTINCT group_id) FILTER (WHERE status = 'masked') / count(DISTINCT group_id) AS masked_rate
   FROM rewards GROUP BY ALL
 ), rh AS (
   SELECT run_id, round, count(*) AS rubrics, avg(n_criteria) AS mean_criteria,
@@ -183,8 +193,8 @@ WITH rounds AS (
        {_CATEGORY_PASS}
   FROM criterion_stats GROUP BY ALL
 )
-SELECT run_id, round, rw.prompts, rw.rollouts, rw.mean_reward, rh.teacher_mean,
-       TRY_CAST(mt.diagnostics->>'reward_auc' AS DOUBLE) AS reward_auc, rw.judge_error_rate,
+SELECT run_id, round, rw.prompts, rw.groups, rw.rollouts, rw.mean_reward, rh.teacher_mean,
+       TRY_CAST(mt.diagnostics->>'reward_auc' AS DOUBLE) AS reward_auc, rw.judge_error_rate, rw.masked_rate,
        rh.rubrics, rh.mean_criteria, rh.merges, rh.flagged, rh.degenerate, rh.teacher_below_student_rate,
        cs.* EXCLUDE (run_id, round)
 FROM rounds LEFT JOIN rw USING (run_id, round) LEFT JOIN rh USING (run_id, round)
@@ -193,13 +203,21 @@ ORDER BY run_id, round""",
 )
 
 
-def create_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every table (if missing) and (re)create every view, then stamp the schema version."""
-    con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    found = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+def check_version(con: duckdb.DuckDBPyConnection) -> None:
+    """A store built by another version of this schema is rebuilt, not half-read."""
+    try:
+        found = con.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException as e:
+        raise StoreError("not a ropd store (it has no store_meta table); run `ropd store rebuild`") from e
     if found is not None and found[0] != SCHEMA_VERSION:
         raise StoreError(f"the store has schema version {found[0]}, this ropd writes {SCHEMA_VERSION}; "
                          "run `ropd store rebuild`")
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create every table (if missing) and (re)create every view, then stamp the schema version."""
+    con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    check_version(con)
     for t in (*TABLES, LLM_CALLS):
         con.execute(t.ddl())
     for view in VIEWS:
@@ -208,10 +226,10 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def round_key(round_dir: Path) -> tuple[str, int]:
-    """(run_id, round) of a `data/runs/<run_id>/round_<NNN>` directory."""
+    """(run_id, round) of a `data/runs/<run_id>/round_<r>` directory."""
     m = ROUND_DIR.match(round_dir.name)
     if m is None:
-        raise StoreError(f"{round_dir}: not a round directory (expected a name like round_000)")
+        raise StoreError(f"{round_dir}: not a round directory (expected a name like round_0)")
     return round_dir.parent.name, int(m.group(1))
 
 
@@ -280,10 +298,10 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, table: Table, path: Path, ru
         raise StoreError(f"{path}: not a readable parquet file ({e})") from e
     src = str(path)
     have = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [src]).fetchall()}
-    missing = [c for c in table.file_columns if c not in have]
+    missing = [c for c in table.required_columns if c not in have]
     if missing:
         raise StoreError(f"{path}: missing column(s) {', '.join(missing)}; "
-                         f"a {table.name} file needs {', '.join(table.file_columns)}")
+                         f"a {table.name} file needs {', '.join(table.required_columns)}")
     if rnd is not None:
         bad = con.execute("SELECT DISTINCT round FROM read_parquet(?) WHERE round IS DISTINCT FROM ?",
                           [src, rnd]).fetchall()
@@ -291,24 +309,30 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, table: Table, path: Path, ru
             raise StoreError(f"{path}: column round holds {sorted(r[0] for r in bad)!r}, but the file sits in "
                              f"{path.parent.name}")
     types = dict(table.columns)
-    select = ", ".join(f"CAST({c} AS {types[c]}) AS {c}" for c in table.file_columns)
+    select = ", ".join(f"CAST({c if c in have else DEFAULTS[c]} AS {types[c]}) AS {c}" for c in table.file_columns)
     try:
         row = con.execute(f"INSERT INTO {table.name} BY NAME SELECT ?::VARCHAR AS run_id, {select} "
                           "FROM read_parquet(?)", [run_id, src]).fetchone()
-    except duckdb.ConversionException as e:
-        raise StoreError(f"{path}: {_bad_column(con, table, src)}: {e}") from e
+    except duckdb.Error as e:  # a value that does not cast (conversion), or a type that cannot (binder)
+        raise StoreError(f"{path}: {_bad_column(table, src)}: {e}") from e
     return int(row[0]) if row else 0
 
 
-def _bad_column(con: duckdb.DuckDBPyConnection, table: Table, src: str) -> str:
-    """Name the first column whose values do not cast to the contract type (only called after a failure)."""
-    for col, typ in table.columns:
-        if col == "run_id":
-            continue
-        n = con.execute(f"SELECT count(*) FROM read_parquet(?) WHERE {col} IS NOT NULL "
-                        f"AND TRY_CAST({col} AS {typ}) IS NULL", [src]).fetchone()
-        if n and n[0]:
-            return f"column {col} has {n[0]} value(s) that are not {typ}"
+def _bad_column(table: Table, src: str) -> str:
+    """Name the first column whose values do not cast to the contract type (only called after a failure).
+
+    Runs on a connection of its own: the caller's transaction is aborted by the failed insert.
+    """
+    types = dict(table.columns)
+    with duckdb.connect() as con:
+        for col in table.required_columns:
+            try:
+                n = con.execute(f"SELECT count(*) FROM read_parquet(?) WHERE {col} IS NOT NULL "
+                                f"AND TRY_CAST({col} AS {types[col]}) IS NULL", [src]).fetchone()
+            except duckdb.Error:
+                return f"column {col} cannot be read as {types[col]}"
+            if n and n[0]:
+                return f"column {col} has {n[0]} value(s) that are not {types[col]}"
     return "a column has values of the wrong type"
 
 
