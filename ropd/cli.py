@@ -22,6 +22,7 @@ from ropd.models import DEFAULT_MODELS_DIR, ModelPrepError, prepare_all
 from ropd.rubric.engine import Group, score_groups
 from ropd.rubric.prompts import RUBRICATOR_VERSION
 from ropd.rubric.tables import result_frames, teacher_below_student_rate
+from ropd.store.cli import audit, report, store_app
 from ropd.teacher import TeacherIndex, TeacherPrompt, dataset_index, fingerprint
 from ropd.testing.server import ScriptedServer
 
@@ -168,6 +169,10 @@ def summary(params: Annotated[Path, typer.Option(help="the run's configuration")
                   ropd audit --sql "select * from rubric_criteria limit 5"
   Prefect UI      prefect server start, then python flows/deploy.py (see README)""")
 
+
+app.add_typer(store_app, name="store")
+app.command("audit")(audit)
+app.command("report")(report)
 
 models_app = typer.Typer(no_args_is_help=True, help="Models shipped in PyPI packages")
 app.add_typer(models_app, name="models")

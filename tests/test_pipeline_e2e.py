@@ -39,15 +39,15 @@ def check_outputs(proj: Path) -> None:
 
 def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir: Path) -> None:
     proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent)
-    dvc("repro")
+    dvc(proj, "repro")
     check_outputs(proj)
-    assert "up to date" in dvc("status")
-    again = dvc("repro")
+    assert "up to date" in dvc(proj, "status")
+    again = dvc(proj, "repro")
     assert "didn't change" in again or "up to date" in again
     assert "Running stage" not in again
-    metrics = dvc("metrics", "show", "--json")
+    metrics = dvc(proj, "metrics", "show", "--json")
     assert "accuracy" in metrics and "mean_reward" in metrics
-    dvc("plots", "show", "--out", str(tmp_path / "plots"))
+    dvc(proj, "plots", "show", "--out", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").is_file()
 
 
@@ -63,7 +63,7 @@ def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, judge: Scri
     out = distill("params.yaml")
     check_outputs(proj)
     assert out["rounds"][0]["round"] == 0
-    assert "up to date" in dvc("status")  # the flow recorded the lineage
+    assert "up to date" in dvc(proj, "status")  # the flow recorded the lineage
     # a second run is served from Prefect's cache: no judge call, no stage rerun
     served_after_first = judge.served()
     assert served_after_first > served

@@ -53,7 +53,7 @@ def test_ingest_is_idempotent_and_matches_parquet(runs_root: Path, tmp_path: Pat
             assert len(before[t.name]) == parquet_rows(runs_root / RUN_ID, t.name), t.name
             assert len(set(map(repr, before[t.name]))) == len(before[t.name]), t.name
     assert len(before["round_metrics"]) == 2 and len(before["llm_calls"]) == 3
-    assert len(before["rubric_failures"]) == 1 and len(before["merges"]) == 2
+    assert len(before["rubric_failures"]) == 1 and len(before["merges"]) == 3
 
 
 def test_rebuild_equals_ingest(runs_root: Path, tmp_path: Path) -> None:
@@ -102,16 +102,37 @@ def test_views_agree_with_rewards(runs_root: Path, tmp_path: Path) -> None:
         ok = con.execute("SELECT count(*) FROM rewards WHERE status = 'ok'").fetchone()[0]
         matched = con.execute("SELECT count(*) FROM verdict_matrix WHERE source = 'student'").fetchone()[0]
         clean = con.execute("SELECT count(*) FROM criteria_clean").fetchone()[0]
-        rubric_criteria = con.execute("SELECT count(*), bool_and(qa) FROM rubric_criteria").fetchone()
+        rubric_criteria = con.execute("SELECT count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE NOT is_clean) "
+                                      "FROM rubric_criteria").fetchone()
         rollouts = con.execute("SELECT count(*), count(text), count(reward) FROM rollout_rewards").fetchone()
         pencils = con.execute("SELECT issues, flags, merges FROM rubric_health "
                               "WHERE prompt_id = 'p-pencils' AND round = 0").fetchone()
     finally:
         con.close()
     assert mismatched == 0 and matched == ok == 28
-    assert rubric_criteria == (clean, True)
+    assert rubric_criteria == (clean - 3, 4)  # the degenerate group was judged with its raw 4 criteria
     assert rollouts == (32, 32, 28)  # the failed group's 4 rollouts have no reward
     assert pencils[1] == ["too_many_heavy", "quotes_reference"] and pencils[2] == 2 and pencils[0] >= 2
+
+
+def test_a_degenerate_rubric_verified_raw_is_audited_as_judged(runs_root: Path, tmp_path: Path) -> None:
+    """QA left p-cookies (round 1) with 3 criteria; verification used the raw rubric, as `verify_raw` does."""
+    store = Store(tmp_path / "s.duckdb")
+    store.ingest_run(runs_root / RUN_ID)
+    con = store.connect()
+    key = "run_id = 'run-a' AND round = 1 AND group_id = 'p-cookies'"
+    try:
+        final = con.execute(f"SELECT rubric_id, raw_rubric_id, n_criteria, degenerate, flags, is_clean "
+                            f"FROM rubrics_final WHERE {key}").fetchall()
+        clean_id = con.execute(f"SELECT rubric_id FROM rubrics_clean WHERE {key}").fetchone()[0]
+        matrix = con.execute(f"SELECT count(*), min(len(verdicts)) FROM verdict_matrix WHERE {key}").fetchone()
+        health = con.execute(f"SELECT merges, flags FROM rubric_health WHERE {key}").fetchone()
+    finally:
+        con.close()
+    [(rid, raw_id, n, degenerate, flags, is_clean)] = final
+    assert rid == raw_id != clean_id and n == 4 and degenerate and flags == ["too_few_criteria"] and not is_clean
+    assert matrix == (6, 4)  # 2 teacher + 4 student answers, each with 4 verdicts
+    assert health == (1, ["too_few_criteria"])
 
 
 def test_read_only_connection_cannot_write_or_touch_files(runs_root: Path, tmp_path: Path) -> None:

@@ -71,6 +71,15 @@ def bad_rubric() -> Rubric:
                             for i, (c, t, p) in enumerate(rows)])
 
 
+def degenerate_rubric() -> Rubric:
+    """Four criteria, two of them the same sentence: QA leaves three, below the schema's minimum."""
+    rows = [("task_fulfilment", "States a single final numeric answer at the end of the response", 3),
+            ("task_fulfilment", "states a single final numeric answer at the end of the response.", 2),
+            *GOOD_TEXTS[2:4]]
+    return Rubric(criteria=[Criterion(id=f"c{i + 1}", category=c, text=t, points=p)
+                            for i, (c, t, p) in enumerate(rows)])
+
+
 def is_right(text: str, ref: str | None) -> bool:
     return ref is not None and text.rstrip().endswith((f"Answer: {ref}", f"\\boxed{{{ref}}}"))
 
@@ -123,7 +132,9 @@ def write_round(run_dir: Path, rnd: int, raw: dict[str, Rubric], failed: dict[st
                                        error=JudgeFailure(stage="rubric", type=failed.get(pid, "schema"),
                                                           message="failed")))
             continue
-        rubric = Rubric.model_validate_json(clean.loc[pid, "rubric_json"])
+        # As the pipeline by default (`degenerate_rubrics: verify_raw`): a degenerate group is judged raw.
+        degenerate = bool(clean.loc[pid, "degenerate"])
+        rubric = raw[pid] if degenerate else Rubric.model_validate_json(clean.loc[pid, "rubric_json"])
         pool = blind_pool(pid, teacher, students)
         rows = [judge(rubric, it.text, ref) for it in pool]
         by = {s: [row for it, row in zip(pool, rows, strict=True) if it.source == s] for s in Source}
@@ -151,11 +162,13 @@ def write_prompts(run_dir: Path, prompts: list[Prompt]) -> None:
 
 
 def write_run(runs_root: Path, run_id: str = RUN_ID) -> Path:
-    """Round 0 holds the bad rubric (p-pencils); round 1 has a failed group (p-essay)."""
+    """Round 0 holds the bad rubric (p-pencils); round 1 a degenerate one verified raw (p-cookies) and a failed
+    group (p-essay)."""
     run_dir = runs_root / run_id
     write_prompts(run_dir, PROMPTS)
     write_round(run_dir, 0, {"p-pencils": bad_rubric(), **{p[0]: good_rubric() for p in PROMPTS[1:]}}, {})
-    write_round(run_dir, 1, {p[0]: good_rubric(" (r1)") for p in PROMPTS[:3]}, {"p-essay": "schema"})
+    write_round(run_dir, 1, {**{p[0]: good_rubric(" (r1)") for p in PROMPTS[:2]}, "p-cookies": degenerate_rubric()},
+                {"p-essay": "schema"})
     cache = CallCache(run_dir / "llm_cache.sqlite")
     cache.close()
     with sqlite3.connect(run_dir / "llm_cache.sqlite") as con:

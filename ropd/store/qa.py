@@ -122,9 +122,9 @@ def resolve_merges(pairs: pd.DataFrame) -> pd.DataFrame:
 def run_qa(round_dir: Path, prompts: pd.DataFrame | None, cfg: QAConfig) -> dict[str, Any]:
     """Read a round's raw rubrics, write rubrics_clean, criteria_clean, merges, qa.json and qa.md; return the metrics.
 
-    A rubric left with fewer than `min_criteria` criteria keeps its merged criteria and is marked
-    `degenerate` (its rubric_json then fails the schema's 4-criteria minimum): verification should
-    mask that group rather than judge it with a rubric the design does not allow.
+    A rubric left with fewer than `min_criteria` criteria keeps its merged criteria (so the audit shows
+    what merging did) and is marked `degenerate`; its rubric_json then fails the schema's 4-criterion
+    minimum, so verification judges that group with its raw rubric or masks it, never with this one.
     """
     run_id, rnd = round_key(round_dir)
     if not (round_dir / "rubrics.parquet").exists():

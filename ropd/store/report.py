@@ -185,7 +185,8 @@ def _rubric_block(crit: list[dict[str, Any]], merges: list[dict[str, Any]]) -> S
     first = crit[0]
     flags = [tag("span", f, class_="badge") for f in first["flags"] or []]
     if first["degenerate"]:
-        flags.append(tag("span", "degenerate", class_="badge err"))
+        flags.append(tag("span", "degenerate" if first["is_clean"] else "degenerate: judged with the raw rubric",
+                         class_="badge err"))
     head = tag("p", f"Rubric {first['rubric_id']} · {len(crit)} criteria · max {sum(c['points'] for c in crit)} ",
                *flags)
     table = tag("table", tag("tr", tag("th", "id"), tag("th", "category"), tag("th", "pts"), tag("th", "criterion")),

@@ -24,7 +24,7 @@ from ropd.rubric.schema import Category
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
 CALL_CACHE = "llm_cache.sqlite"
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 V, INT, D, B = "VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"
 _RUN = (("run_id", V),)
@@ -106,24 +106,38 @@ _CATEGORY_PASS = ",\n       ".join(
     f" AS pass_{c.value}" for c in Category)
 
 VIEWS: tuple[str, ...] = (
-    # The rubric the verifier used: the QA output where QA ran for the round, else the raw rubric.
+    # The rubric each group was judged with: the one its rewards name; before verification (or when judging
+    # failed), the QA output where QA ran, else the raw rubric. A raw rubric carries its group's QA flags, so
+    # a degenerate rubric verified in its raw form (the pipeline's `verify_raw`) still shows as flagged.
     """CREATE OR REPLACE VIEW rubrics_final AS
-SELECT run_id, round, group_id, prompt_id, rubric_id, raw_rubric_id, n_criteria, max_score, rubricator_fingerprint,
-       rubric_json, degenerate, flags, true AS qa
-FROM rubrics_clean
-UNION ALL
-SELECT run_id, round, group_id, prompt_id, rubric_id, rubric_id, n_criteria, max_score, rubricator_fingerprint,
-       rubric_json, false, []::VARCHAR[], false
-FROM rubrics r
-WHERE NOT EXISTS (SELECT 1 FROM rubrics_clean k WHERE k.run_id = r.run_id AND k.round = r.round)""",
+WITH cand AS (
+  SELECT run_id, round, group_id, prompt_id, rubric_id, raw_rubric_id, n_criteria, max_score,
+         rubricator_fingerprint, rubric_json, degenerate, flags, true AS is_clean
+  FROM rubrics_clean
+  UNION ALL
+  SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.rubric_id, r.n_criteria, r.max_score,
+         r.rubricator_fingerprint, r.rubric_json, coalesce(k.degenerate, false), coalesce(k.flags, []::VARCHAR[]),
+         false
+  FROM rubrics r LEFT JOIN rubrics_clean k USING (run_id, round, group_id)
+), used AS (
+  SELECT DISTINCT run_id, round, group_id, rubric_id FROM rewards WHERE rubric_id IS NOT NULL
+)
+SELECT * EXCLUDE (pick) FROM (
+  SELECT c.*, row_number() OVER (PARTITION BY c.run_id, c.round, c.group_id
+                                 ORDER BY u.rubric_id IS NOT NULL DESC, c.is_clean DESC) AS pick
+  FROM cand c LEFT JOIN used u USING (run_id, round, group_id, rubric_id))
+WHERE pick = 1""",
     """CREATE OR REPLACE VIEW criteria_final AS
-SELECT * FROM criteria_clean
+SELECT c.* FROM criteria_clean c
+WHERE EXISTS (SELECT 1 FROM rubrics_final f WHERE f.is_clean AND f.run_id = c.run_id AND f.round = c.round
+              AND f.group_id = c.group_id AND f.rubric_id = c.rubric_id)
 UNION ALL
-SELECT * FROM criteria c
-WHERE NOT EXISTS (SELECT 1 FROM criteria_clean k WHERE k.run_id = c.run_id AND k.round = c.round)""",
+SELECT c.* FROM criteria c
+WHERE EXISTS (SELECT 1 FROM rubrics_final f WHERE NOT f.is_clean AND f.run_id = c.run_id AND f.round = c.round
+              AND f.group_id = c.group_id AND f.rubric_id = c.rubric_id)""",
     f"""CREATE OR REPLACE VIEW rubric_criteria AS
 SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.raw_rubric_id, r.n_criteria, r.max_score,
-       r.degenerate, r.flags, r.qa, c.position, c.criterion_id, c.category, c.points, c.text
+       r.degenerate, r.flags, r.is_clean, c.position, c.criterion_id, c.category, c.points, c.text
 FROM rubrics_final r JOIN criteria_final c USING ({_KEY})""",
     f"""CREATE OR REPLACE VIEW verdict_matrix AS
 SELECT j.run_id, j.round, j.group_id, any_value(j.prompt_id) AS prompt_id, j.rubric_id, j.source, j.answer_idx,
@@ -161,8 +175,8 @@ WITH s AS (
 ), d AS (
   SELECT {_KEY}, count(*) FILTER (WHERE non_discriminative) AS non_discriminative
   FROM criterion_stats GROUP BY ALL
-), m AS (
-  SELECT {_KEY}, count(*) AS merges FROM merges GROUP BY ALL
+), m AS (  -- per group: a degenerate rubric verified raw still had its merges
+  SELECT run_id, round, group_id, count(*) AS merges FROM merges GROUP BY ALL
 )
 SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.n_criteria, r.max_score, r.degenerate, r.flags,
        coalesce(m.merges, 0) AS merges, d.non_discriminative,
@@ -170,7 +184,8 @@ SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.n_criteria, r.
        s.teacher_min < s.student_max AS teacher_below_student,
        len(r.flags) + coalesce(d.non_discriminative, 0) + coalesce((s.teacher_min < s.student_max)::INT, 0)
          AS issues
-FROM rubrics_final r LEFT JOIN m USING ({_KEY}) LEFT JOIN d USING ({_KEY}) LEFT JOIN s USING ({_KEY})""",
+FROM rubrics_final r LEFT JOIN m USING (run_id, round, group_id) LEFT JOIN d USING ({_KEY})
+  LEFT JOIN s USING ({_KEY})""",
     f"""CREATE OR REPLACE VIEW round_trends AS
 WITH rounds AS (
   SELECT run_id, round FROM rewards UNION SELECT run_id, round FROM rubrics_final
