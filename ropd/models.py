@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
+
+from ropd.io import atomic_dir
 
 DEFAULT_MODELS_DIR = Path("data/models")
 MANIFEST = "ropd_manifest.json"
@@ -124,19 +124,13 @@ def prepare_smollm2(models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     model.load_state_dict(loaded.state_dict())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {"name": SMOLLM2.name, "source_package": SMOLLM2.pip_name, "source_file": SMOLLM2.relpath,
                     "source_sha256": SMOLLM2.sha256, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ropd.io import atomic_write_parquet, atomic_write_text
+from ropd.io import atomic_dir, atomic_write_parquet, atomic_write_text
 from ropd.llm.base import ChatModel, run_closing
 from ropd.llm.cache import CallCache
 from ropd.llm.errors import LLMError
@@ -68,20 +67,13 @@ def _json(obj: Any, path: Path) -> None:
 
 def _link_tree(src: Path, dst: Path) -> None:
     """Copy a model directory, hard-linking files where the filesystem allows (no 500 MB copies)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         for f in src.iterdir():
             if f.is_file():
                 try:
                     os.link(f, tmp / f.name)
                 except OSError:
                     shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # -- data ------------------------------------------------------------------------------------------------

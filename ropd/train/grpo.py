@@ -8,8 +8,6 @@ mini-batches per round are handled by the importance ratio and clipping, as in t
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from pydantic import BaseModel, ConfigDict
 
+from ropd.io import atomic_dir
 from ropd.rollout.base import Rollout, encode_prompt
 from ropd.train.advantages import group_advantages
 from ropd.train.config import GRPOConfig
@@ -199,9 +198,7 @@ class GRPOLearner:
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             model = self.accelerator.unwrap_model(self.model)
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -212,12 +209,6 @@ class GRPOLearner:
             if _is_peft(model):
                 state["base_model"] = str(model.peft_config["default"].base_model_name_or_path)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod
