@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -376,16 +377,26 @@ RUN_STAGES = {"demo_data": demo_data, "prepare": prepare, "teacher": teacher, "s
 
 
 def run_stage(params: Params, name: str, r: int | None = None) -> None:
-    """Dispatch by name; a per-round stage needs a round that params.rounds contains."""
+    """Dispatch by name; a per-round stage needs a round that params.rounds contains.
+
+    Each completed stage appends its duration to data/runs/.timings/<run>.jsonl (beside the run
+    directory, which DVC hashes), so orchestration overhead can be measured against it.
+    """
     if name in RUN_STAGES:
-        RUN_STAGES[name](params)
-        return
-    if name not in ROUND_STAGES:
+        fn, args = RUN_STAGES[name], (params,)
+    elif name in ROUND_STAGES:
+        rounds = [item.r for item in params.rounds]
+        if r is None or r not in rounds:
+            raise ValueError(f"stage {name!r} needs --round, one of {rounds}")
+        fn, args = ROUND_STAGES[name], (params, r)
+    else:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join([*RUN_STAGES, *ROUND_STAGES])}")
-    rounds = [item.r for item in params.rounds]
-    if r is None or r not in rounds:
-        raise ValueError(f"stage {name!r} needs --round, one of {rounds}")
-    ROUND_STAGES[name](params, r)
+    t0 = time.perf_counter()
+    fn(*args)
+    timings = Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl"
+    timings.parent.mkdir(parents=True, exist_ok=True)
+    with timings.open("a") as f:
+        f.write(json.dumps({"stage": name, "round": r, "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
 
 
 def run_all(params: Params) -> None:
