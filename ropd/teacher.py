@@ -79,7 +79,8 @@ async def build_index(prompts: list[TeacherPrompt], chat: ChatModel, m: int, out
         ]
         req = ChatRequest.for_role(chat.role, chat.config, messages, seed=j, template=TEACHER_TEMPLATE_VERSION)
         res = await chat.complete(req)
-        return res.content
+        # A reply cut off at max_tokens is not a reference answer: it would teach the rubric a half solution.
+        return "" if res.finish_reason == "length" else res.content
 
     async def per_prompt(p: TeacherPrompt) -> list[str]:
         return list(await asyncio.gather(*(one(p, j) for j in range(m))))
@@ -92,10 +93,12 @@ async def build_index(prompts: list[TeacherPrompt], chat: ChatModel, m: int, out
                 raise r
         detail = "; ".join(f"{pid}: {err}" for pid, err in failures[:5])
         raise TeacherIndexError(f"teacher sampling failed for {len(failures)} prompt(s): {detail}")
-    rows = []
-    for p, answers in zip(prompts, results, strict=True):
-        assert isinstance(answers, list)
-        rows += [(p.prompt_id, fp, i, t) for i, t in enumerate(_dedup(answers))]
+    usable = {p.prompt_id: _dedup(answers) for p, answers in zip(prompts, results, strict=True)}  # type: ignore[arg-type]
+    if empty := [pid for pid, answers in usable.items() if not answers]:
+        raise TeacherIndexError(
+            f"no usable teacher answer for {len(empty)} prompt(s): {', '.join(empty[:5])} (every reply was empty "
+            f"or cut off at max_tokens={chat.config.max_tokens}); raise teacher.role.max_tokens or check the model")
+    rows = [(pid, fp, i, t) for pid, answers in usable.items() for i, t in enumerate(answers)]
     df = _frame(rows)
     atomic_write_parquet(df, out)
     return df
@@ -119,6 +122,9 @@ class TeacherIndex:
     @classmethod
     def load(cls, path: Path, expected_fingerprint: str | None = None) -> TeacherIndex:
         return cls(pd.read_parquet(path), expected_fingerprint)
+
+    def has(self, prompt_id: str) -> bool:
+        return prompt_id in self._by_prompt
 
     def answers(self, prompt_id: str) -> list[str]:
         entry = self._by_prompt.get(prompt_id)

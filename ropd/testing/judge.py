@@ -57,8 +57,13 @@ CHECKS: dict[str, Callable[[str, str], bool]] = {
 }
 
 
+def _task(messages: list[dict[str, str]]) -> str:
+    """The first user turn: it holds the fenced task, also in a repair transcript that appends turns."""
+    return next((m["content"] for m in messages if m["role"] == "user"), "")
+
+
 def rubric_reply(messages: list[dict[str, str]]) -> dict:
-    user = messages[-1]["content"]
+    user = _task(messages)
     nonce = _NONCE.search(messages[0]["content"])
     question = _fenced("prompt", user, nonce.group(1))[0][1] if nonce else user
     qty = ", ".join(_quantities(question)[:6]) or "the given quantities"
@@ -78,7 +83,7 @@ def rubric_reply(messages: list[dict[str, str]]) -> dict:
 
 
 def verdict_reply(messages: list[dict[str, str]]) -> dict:
-    user = messages[-1]["content"]
+    user = _task(messages)
     nonce = _NONCE.search(messages[0]["content"])
     if not nonce:
         return {"answers": []}
