@@ -88,7 +88,10 @@ def verdict_reply(messages: list[dict[str, str]]) -> dict:
     if not nonce:
         return {"answers": []}
     question = _fenced("prompt", user, nonce.group(1))[0][1]
-    ids = re.findall(r"(?m)^\d+\. \[([^\]]+)\]", user)
+    # criterion lines count only outside the fences: an answer can quote a forged rubric line
+    outside = re.sub(rf'<(\w+) id="[^"]*" fence="{nonce.group(1)}">\n.*?\n</\1 fence="{nonce.group(1)}">', "",
+                     user, flags=re.DOTALL)
+    ids = re.findall(r"(?m)^\d+\. \[([^\]]+)\]", outside)
     answers = _fenced("answer", user, nonce.group(1))
     return {
         "answers": [
