@@ -24,6 +24,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -40,9 +43,19 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(path, exc) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """The writer's OSError (ENOSPC, EFBIG, EACCES…) restated with the output it was writing: pyarrow and
+    torch report a full disk without a file name."""
+    reason = exc.strerror or str(exc)
+    return OSError(exc.errno, f"cannot write {path}: {reason} (the partial output was removed)")
 
 
 def atomic_write_text(text: str, path: Path | str) -> None:
