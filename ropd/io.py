@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -26,7 +27,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise _write_error(path, exc) from exc
+        if (err := _write_error(path, exc)) is exc:
+            raise
+        raise err from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -45,15 +48,22 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         tmp.rename(path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(path, exc) from exc
+        if (err := _write_error(path, exc)) is exc:
+            raise
+        raise err from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
 def _write_error(path: Path, exc: OSError) -> OSError:
-    """The writer's OSError (ENOSPC, EFBIG, EACCES…) restated with the output it was writing: pyarrow and
-    torch report a full disk without a file name."""
+    """A full disk restated with the output being written (pyarrow and torch name no file); any other
+    OSError, e.g. a missing input read inside the block, is passed on as it is."""
+    if exc.errno not in _NO_ROOM:
+        return exc
     reason = exc.strerror or str(exc)
     return OSError(exc.errno, f"cannot write {path}: {reason} (the partial output was removed)")
 

@@ -90,3 +90,12 @@ def test_full_tmpfs_enospc(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check(json.loads(proc.stdout.strip().splitlines()[-1]), errno.ENOSPC, mnt)
+
+
+def test_other_errors_inside_a_writer_keep_their_culprit(tmp_path: Path) -> None:
+    """Only a full disk is restated as a write error: a missing input read inside the block still names itself."""
+    from ropd.io import atomic_dir
+
+    with pytest.raises(FileNotFoundError, match=r"no-such-model"), atomic_dir(tmp_path / "ckpt"):
+        (tmp_path / "no-such-model").read_bytes()
+    assert list(tmp_path.iterdir()) == []
