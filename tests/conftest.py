@@ -70,5 +70,5 @@ def prefect_harness() -> Iterator[None]:
     os.environ["DO_NOT_TRACK"] = "1"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a loaded 2-core machine needs more than 30 s
         yield
