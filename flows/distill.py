@@ -30,9 +30,9 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from ropd.params import Params, load_params
 from ropd.pipeline.dag import content_hash, stage_io
 from ropd.pipeline.lock import run_lock
-from ropd.pipeline.stages import ROUND_STAGES, RunPaths, run_stage
+from ropd.pipeline.stages import ROUND_STAGES, SETUP_STAGES, RunPaths, run_stage
 
-LLM_STAGES = {"teacher", "mine", "verify"}
+LLM_STAGES = {"teacher", "mine", "verify", "evaluate"}
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, task_run_name="{name}-{r}")
@@ -71,12 +71,13 @@ def _dvc_commit(logger) -> None:
 
 @flow(name="ropd-distill", log_prints=True)
 def distill(params_file: str = "params.yaml") -> dict:
-    """Teacher, then per round: rollout → mine → qa → verify → train → evaluate; then summary and report."""
+    """Teacher (and the white-box teacher when needed), then per round: rollout → mine → qa → verify →
+    train → evaluate; then summary and report."""
     logger = get_run_logger()
     params = load_params(params_file)
     paths = RunPaths(params)
     with run_lock(paths.run):
-        for name in ("demo_data", "prepare", "teacher"):
+        for name in SETUP_STAGES:
             _run(params, params_file, name)
         progress = create_progress_artifact(0.0, key=f"{params.run_id}-progress",
                                             description="rounds completed")

@@ -108,8 +108,8 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="demo_data, prepare, teacher, rollout, mine, qa, verify, train, "
-                                             "evaluate, summarize, report")],
+    name: Annotated[str, typer.Argument(help="demo_data, prepare, teacher_sft, teacher, rollout, mine, qa, verify, "
+                                             "train, evaluate, summarize, report")],
     round: Annotated[int | None, typer.Option("--round", "-r", help="round number, for the per-round stages")] = None,
     params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml"),
 ) -> None:
@@ -143,6 +143,32 @@ def run(params: Annotated[Path, typer.Option(help="the run's configuration")] = 
     summary(params)
 
 
+@app.command("eval")
+def eval_checkpoint(
+    checkpoint: Annotated[Path, typer.Argument(help="a policy checkpoint directory (any method, any run)")],
+    params: Annotated[Path, typer.Option(help="the run whose held-out split, teacher and judges to use")]
+    = Path("params.yaml"),
+    out: Annotated[Path | None, typer.Option(help="also write the result here as JSON")] = None,
+) -> None:
+    """Held-out accuracy (pass@1 over eval.k samples, math-verify), mean rubric score and reward–correctness AUC."""
+    from ropd.params import ConfigError, load_params
+    from ropd.pipeline.stages import evaluate_checkpoint
+    from ropd.train.grpo import CheckpointError
+
+    try:
+        result = evaluate_checkpoint(load_params(params), checkpoint)
+    except (ConfigError, CheckpointError, ValueError, LookupError, ModelPrepError) as exc:
+        raise _fail(exc) from exc
+    table = Table(title=f"{checkpoint}: held-out evaluation")
+    table.add_column("figure")
+    table.add_column("value")
+    for key, value in result.model_dump().items():
+        table.add_row(key, "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if out is not None:
+        atomic_write_text(result.model_dump_json(indent=2) + "\n", out)
+
+
 @app.command()
 def summary(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
     """Where a run's outputs are, its per-round figures, and how to open the report, the UI and the audit CLI."""
@@ -154,7 +180,7 @@ def summary(params: Annotated[Path, typer.Option(help="the run's configuration")
     if paths.history.is_file():
         rows = json.loads(paths.history.read_text())
         table = Table(title=f"run {p.run_id}: per-round figures")
-        cols = ["round", "mean_reward", "judge_error_rate", "reward_auc", "accuracy", "loss"]
+        cols = ["round", "mean_reward", "judge_error_rate", "reward_auc", "accuracy", "mean_rubric_score", "loss"]
         for c in cols:
             table.add_column(c)
         for row in rows:

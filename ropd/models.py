@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from ropd.config import RoleConfig
 from ropd.io import atomic_dir
 
 DEFAULT_MODELS_DIR = Path("data/models")
@@ -80,7 +81,7 @@ def minilm_dir() -> Path:
     return packaged_file(MINILM).parent
 
 
-def _read_manifest(out: Path) -> dict | None:
+def read_manifest(out: Path) -> dict | None:
     try:
         return json.loads((out / MANIFEST).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -89,7 +90,7 @@ def _read_manifest(out: Path) -> dict | None:
 
 def verify_prepared(out: Path) -> dict:
     """Check a converted directory against its manifest; raise naming the first bad file."""
-    manifest = _read_manifest(out)
+    manifest = read_manifest(out)
     if manifest is None:
         raise ModelPrepError(f"{out}: no readable {MANIFEST}; run `ropd models prepare`")
     for name, digest in manifest["files"].items():
@@ -127,11 +128,32 @@ def prepare_smollm2(models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {"name": SMOLLM2.name, "source_package": SMOLLM2.pip_name, "source_file": SMOLLM2.relpath,
-                    "source_sha256": SMOLLM2.sha256, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(tmp, name=SMOLLM2.name, source_package=SMOLLM2.pip_name, source_file=SMOLLM2.relpath,
+                       source_sha256=SMOLLM2.sha256)
     return out
+
+
+def write_manifest(model_dir: Path, **meta: object) -> dict:
+    """Checksum every file of a model directory being written, so it can be verified and pinned later."""
+    files = {p.name: sha256_file(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {**meta, "files": files}
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def pinned(cfg: RoleConfig) -> RoleConfig:
+    """A local role whose model directory has a manifest answers as `model@<content digest>`.
+
+    The model name is part of every call-cache key and of the teacher fingerprint, so retraining a
+    model in place (e.g. the white-box teacher) can never serve answers cached from the old weights.
+    """
+    if cfg.provider != "local" or not cfg.model_path or "@" in cfg.model:
+        return cfg
+    manifest = read_manifest(Path(cfg.model_path))
+    if manifest is None:
+        return cfg
+    digest = hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()[:12]
+    return cfg.model_copy(update={"model": f"{cfg.model}@{digest}"})
 
 
 def prepare_all(models_dir: Path = DEFAULT_MODELS_DIR) -> dict[str, Path]:

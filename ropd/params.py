@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ropd.config import EngineConfig, LimitsConfig, QualityGate, RoleConfig
 from ropd.rollout.base import SamplingParams
 from ropd.store.qa import QAConfig
-from ropd.train.config import GRPOConfig
+from ropd.train.config import GRPOConfig, LOPDSettings, SFTSettings
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,17 @@ class EvalParams(BaseModel):
     k: int = Field(default=1, ge=1, description="samples per held-out problem; pass@1 is averaged over k")
     temperature: float = Field(default=0.0, ge=0.0)
     max_new_tokens: int = Field(default=96, ge=1)
+    every: int = Field(default=1, ge=1, description="evaluate after every N-th round (and always after the last)")
+    rubric_prompts: int = Field(default=4, ge=0, description="held-out prompts also judged by rubricator + verifier "
+                                "(mean rubric score, reward-correctness AUC); 0 = accuracy only")
+
+
+class TeacherSFTParams(SFTSettings):
+    """The white-box teacher for LOPD: SmolLM2 fine-tuned on the reference solutions of the train split."""
+
+    n_prompts: int = Field(default=256, ge=1, description="train problems used (all their reference solutions)")
+    lr: float = Field(default=5e-5, gt=0)
+    epochs: float = Field(default=2.0, gt=0)
 
 
 class RoundItem(BaseModel):
@@ -73,7 +84,9 @@ class Params(BaseModel):
     run_id: str = Field(default="demo", pattern=r"^[A-Za-z0-9_.-]+$")
     runs_dir: str = "data/runs"
     models_dir: str = "data/models"
-    method: Literal["ropd"] = "ropd"
+    method: Literal["ropd", "sft", "tjudge", "lopd"] = Field(
+        default="ropd", description="ropd (rubric rewards), sft (teacher answers), tjudge (scalar judge reward), "
+        "lopd (teacher logits, white-box)")
     rounds: list[RoundItem] = Field(default_factory=lambda: [RoundItem(r=0, next=1), RoundItem(r=1, next=2)],
                                     min_length=1)
     data: DataParams = DataParams()
@@ -93,6 +106,9 @@ class Params(BaseModel):
     quality_gate: QualityGate = QualityGate()
     qa: QAConfig = QAConfig()
     eval: EvalParams = EvalParams()
+    sft: SFTSettings = SFTSettings()
+    lopd: LOPDSettings = LOPDSettings()
+    teacher_sft: TeacherSFTParams = TeacherSFTParams()
 
     @model_validator(mode="after")
     def _consecutive_rounds(self) -> Params:
@@ -104,6 +120,25 @@ class Params(BaseModel):
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run_id
+
+    @property
+    def teacher_sft_dir(self) -> Path:
+        return Path(self.models_dir) / "teacher-sft"
+
+    @property
+    def needs_teacher_sft(self) -> bool:
+        """LOPD without an explicit teacher, or a local teacher role reading the teacher_sft model."""
+        role = self.teacher.role
+        uses_dir = role.provider == "local" and role.model_path is not None and \
+            Path(role.model_path).resolve() == self.teacher_sft_dir.resolve()
+        return uses_dir or (self.method == "lopd" and self.lopd.teacher_path is None)
+
+    @property
+    def lopd_teacher(self) -> Path:
+        return Path(self.lopd.teacher_path) if self.lopd.teacher_path else self.teacher_sft_dir
+
+    def evaluates_after(self, r: int) -> bool:
+        return (r + 1) % self.eval.every == 0 or r == self.rounds[-1].r
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -25,5 +25,5 @@ def test_dvc_yaml_matches_stage_io() -> None:
         assert sorted(files) == sorted(rel(ROOT / p) for p in deps), address
         assert sorted(rel(o.fs_path) for o in stage.outs) == sorted(rel(ROOT / p) for p in outs), address
         seen.add(name)
-    assert seen == {"demo_data", "prepare", "teacher", "rollout", "mine", "qa", "verify", "train", "evaluate",
-                    "summarize", "report"}
+    assert seen == {"demo_data", "prepare", "teacher_sft", "teacher", "rollout", "mine", "qa", "verify", "train",
+                    "evaluate", "summarize", "report"}

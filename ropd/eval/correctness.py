@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from enum import StrEnum
 
 from ropd.rubric.pool import strip_think
 
@@ -21,22 +22,31 @@ def _timeout() -> int | None:
     return _PARSE_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
-def is_correct(answer_text: str, reference: str) -> bool | None:
-    """Whether the answer's final result equals the reference, by math-verify.
+class Outcome(StrEnum):
+    CORRECT = "correct"
+    WRONG = "wrong"
+    UNPARSEABLE = "unparseable"  # no final answer could be extracted: a rollout that never answers did not solve it
+    NO_REFERENCE = "no_reference"  # the reference itself does not parse: there is no ground truth to compare with
 
-    None when the reference itself cannot be parsed (no ground truth to compare with). An answer with
-    no extractable result is False: a rollout that never states an answer did not solve the problem.
-    """
+
+def grade(answer_text: str, reference: str) -> Outcome:
+    """The answer's final result against the reference, by math-verify."""
     from math_verify import parse, verify  # imports sympy (~0.6 s): only where correctness is checked
 
     t = _timeout()
     gold = parse(reference, parsing_timeout=t)
     if not gold:
-        return None
+        return Outcome.NO_REFERENCE
     pred = parse(strip_think(answer_text), parsing_timeout=t)
     if not pred:
-        return False
-    return bool(verify(gold, pred, timeout_seconds=t))
+        return Outcome.UNPARSEABLE
+    return Outcome.CORRECT if verify(gold, pred, timeout_seconds=t) else Outcome.WRONG
+
+
+def is_correct(answer_text: str, reference: str) -> bool | None:
+    """True/False by `grade` (unparseable counts as False); None when the reference does not parse."""
+    outcome = grade(answer_text, reference)
+    return None if outcome == Outcome.NO_REFERENCE else outcome == Outcome.CORRECT
 
 
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:

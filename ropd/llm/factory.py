@@ -12,8 +12,9 @@ def make_chat(role: str, cfg: RoleConfig, *, cache: CallCache | None = None,
               limiter: CallLimiter | None = None) -> ChatModel:
     if cfg.provider == "local":
         from ropd.llm.local import LocalChat
+        from ropd.models import pinned
 
-        return LocalChat(role, cfg, cache=cache)
+        return LocalChat(role, pinned(cfg), cache=cache)
     if cfg.provider == "openai":
         from ropd.llm.openai_compat import OpenAICompatChat
 

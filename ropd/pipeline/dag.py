@@ -21,8 +21,10 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
         return [], demo
     if name == "prepare":
         return demo, [p.prompts, p.checkpoint(0)]
+    if name == "teacher_sft":
+        return demo[:1], [params.teacher_sft_dir]
     if name == "teacher":
-        return [p.prompts], [p.teacher]
+        return [p.prompts, params.teacher_sft_dir], [p.teacher]
     if name in ("summarize", "report"):
         deps = [p.run] + ([p.history] if name == "report" else [])
         return deps, [p.history if name == "summarize" else p.report]
@@ -37,9 +39,9 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
                 rd / "qa.json"]),
         "verify": ([rd / "rubrics_clean.parquet", rd / "rubrics.parquet", rd / "rollouts.parquet", p.teacher],
                    [rd / "judgements.parquet", rd / "rewards.parquet", rd / "diagnostics.json"]),
-        "train": ([rd / "rollouts.parquet", rd / "rewards.parquet", p.checkpoint(r)],
+        "train": ([rd / "rollouts.parquet", rd / "rewards.parquet", p.checkpoint(r), p.teacher, params.teacher_sft_dir],
                   [p.checkpoint(r + 1), rd / "train_metrics.json"]),
-        "evaluate": ([p.checkpoint(r + 1), p.prompts], [rd / "eval.json"]),
+        "evaluate": ([p.checkpoint(r + 1), p.prompts, p.teacher], [rd / "eval.json"]),
     }
     return table[name]
 

@@ -8,6 +8,7 @@ produces the same tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ropd.config import RoleConfig
+from ropd.eval.harness import EvalResult
 from ropd.io import atomic_dir, atomic_write_parquet, atomic_write_text
 from ropd.llm.base import ChatModel, run_closing
 from ropd.llm.cache import CallCache
@@ -90,6 +93,16 @@ def demo_data(params: Params) -> None:
     atomic_write_parquet(held, out / "eval.parquet")
 
 
+def _train_pool(params: Params) -> pd.DataFrame:
+    """Every training problem the data source offers (the demo split, or the user's file)."""
+    from ropd.data.load import load_prompts
+
+    d = params.data
+    if d.source == "demo":
+        return pd.read_parquet(RunPaths(params).demo_dir / "train.parquet")
+    return load_prompts(d.source, "train", seed=d.seed)
+
+
 def prepare(params: Params) -> None:
     """Models prepared, the run's prompts chosen (which round uses which), and the round-0 policy."""
     from ropd.data.load import load_prompts
@@ -100,10 +113,8 @@ def prepare(params: Params) -> None:
     with run_lock(paths.run):
         base = Path(params.student.model_path) if params.student.model_path else prepare_smollm2(
             Path(params.models_dir))
-        demo = paths.demo_dir
-        train = (pd.read_parquet(demo / "train.parquet") if d.source == "demo"
-                 else load_prompts(d.source, "train", seed=d.seed))
-        held = (pd.read_parquet(demo / "eval.parquet") if d.eval_source is None
+        train = _train_pool(params)
+        held = (pd.read_parquet(paths.demo_dir / "eval.parquet") if d.eval_source is None
                 else load_prompts(d.eval_source, "eval", seed=d.seed))
         need = d.prompts_per_round * len(params.rounds)
         if len(train) < need:
@@ -130,23 +141,80 @@ def _judge_resources(params: Params) -> tuple[CallCache, CallLimiter]:
     return CallCache(CACHE_FILE), CallLimiter(params.limits)
 
 
+def teacher_sft(params: Params) -> None:
+    """The white-box teacher (LOPD, and the teacher role that samples from it): SmolLM2 fine-tuned on the
+    reference solutions of train problems. Built only when the run needs it; otherwise a manifest says so."""
+    from ropd.models import prepare_smollm2, read_manifest
+    from ropd.train.baselines import sft_train
+
+    out = params.teacher_sft_dir
+    if not params.needs_teacher_sft:
+        if not out.exists():  # an already built teacher is kept: another run may use it
+            with atomic_dir(out) as tmp:
+                (tmp / "NOT_BUILT.json").write_text(json.dumps(
+                    {"reason": f"method={params.method} with teacher provider={params.teacher.role.provider} "
+                     "does not use the white-box teacher"}) + "\n")
+        return
+    cfg = params.teacher_sft
+    rows = _train_pool(params).sample(frac=1.0, random_state=params.data.seed).head(cfg.n_prompts)
+    examples = [{"prompt": json.loads(r["messages"]), "completion": [{"role": "assistant", "content": sol}]}
+                for _, r in rows.iterrows() for sol in r["solutions"]]
+    if not examples:
+        raise ValueError(f"teacher_sft: the {len(rows)} train problems carry no reference solutions")
+    base = prepare_smollm2(Path(params.models_dir))
+    inputs = hashlib.sha256(json.dumps([cfg.model_dump(), examples, params.data.seed, read_manifest(base)],
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    if (read_manifest(out) or {}).get("inputs") == inputs:
+        return  # built from exactly these inputs already
+    sft_train(base, examples, cfg, out, seed=params.data.seed, device=params.student.device,
+              meta={"inputs": inputs})
+
+
+def _teacher_role(params: Params) -> RoleConfig:
+    from ropd.models import pinned
+
+    return pinned(params.teacher.role)
+
+
 def teacher(params: Params) -> None:
+    """Teacher answers for the train prompts, and for the held-out prompts that evaluation judges."""
     paths = RunPaths(params)
-    cfg = params.teacher.role
+    cfg = _teacher_role(params)
     with run_lock(paths.run):
         df = _prompts(paths)
-        train = df[df["split"] == "train"]
+        held = df[df["split"] == "eval"].head(params.eval.rubric_prompts)
+        wanted = pd.concat([df[df["split"] == "train"], held])
         prompts = [TeacherPrompt(prompt_id=r["prompt_id"], question=r["question"], solutions=list(r["solutions"]))
-                   for _, r in train.iterrows()]
+                   for _, r in wanted.iterrows()]
         if cfg.provider == "dataset":
             dataset_index(prompts, cfg, params.teacher.m, paths.teacher)
             return
         cache, limiter = _judge_resources(params)
-        chat = make_chat("teacher", cfg, cache=cache, limiter=limiter)
+        chat = make_chat("teacher", params.teacher.role, cache=cache, limiter=limiter)
         try:
             run_closing(build_index(prompts, chat, params.teacher.m, paths.teacher), chat)
         finally:
             cache.close()
+
+
+# -- methods ---------------------------------------------------------------------------------------------
+# Which round stages each method runs; the others write empty outputs, so one DAG serves every method.
+USES = {"ropd": {"rollout", "mine", "qa", "verify"}, "tjudge": {"rollout", "verify"}, "sft": set(), "lopd": set()}
+
+
+def _not_used(params: Params, stage: str, rd: Path, outputs: list[str]) -> bool:
+    """True (after writing empty outputs) when `params.method` does not use `stage`."""
+    if stage in USES[params.method]:
+        return False
+    note = {"method": params.method, "stage": stage, "skipped": f"method {params.method} does not use {stage}"}
+    for name in outputs:
+        if name.endswith(".parquet"):
+            atomic_write_parquet(pd.DataFrame(), rd / name)
+        elif name.endswith(".json"):
+            _json(note, rd / name)
+        else:
+            atomic_write_text(note["skipped"] + "\n", rd / name)
+    return True
 
 
 # -- rollout ---------------------------------------------------------------------------------------------
@@ -156,6 +224,8 @@ def rollout(params: Params, r: int) -> None:
 
     paths = RunPaths(params)
     with run_lock(paths.run):
+        if _not_used(params, "rollout", paths.round(r), ["rollouts.parquet"]):
+            return
         df = _prompts(paths)
         mine = df[df["round"] == r]
         if mine.empty:
@@ -174,7 +244,7 @@ def _groups(params: Params, paths: RunPaths, r: int) -> list[tuple[GroupMeta, Gr
     """Groups of a round: one per prompt (shared rubric), or one per rollout (the paper's ablation)."""
     rollouts = pd.read_parquet(paths.round(r) / "rollouts.parquet").sort_values(["prompt_id", "sample_idx"])
     questions = _prompts(paths).set_index("prompt_id")["question"]
-    index = TeacherIndex.load(paths.teacher, fingerprint(params.teacher.role))
+    index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params)))
     out = []
     for pid, g in rollouts.groupby("prompt_id", sort=True):
         pid = str(pid)
@@ -198,12 +268,12 @@ async def counted(coro: Any, bar: tqdm) -> Any:
         bar.update()
 
 
-def _with_chat(params: Params, role: str, body: Any) -> Any:
-    """Run `body(chat)` (a coroutine factory) with the role's chat, cache and limiter, then close them."""
+def _with_chats(params: Params, roles: tuple[str, ...], body: Any) -> Any:
+    """Run `body(*chats)` (a coroutine function) with the roles' chats, sharing one cache and limiter."""
     cache, limiter = _judge_resources(params)
-    chat: ChatModel = make_chat(role, getattr(params, role), cache=cache, limiter=limiter)
+    chats: list[ChatModel] = [make_chat(role, getattr(params, role), cache=cache, limiter=limiter) for role in roles]
     try:
-        return run_closing(body(chat), chat)
+        return run_closing(body(*chats), *chats)
     finally:
         cache.close()
 
@@ -214,6 +284,9 @@ def mine(params: Params, r: int) -> None:
 
     paths = RunPaths(params)
     with run_lock(paths.run):
+        if _not_used(params, "mine", paths.round(r), ["rubrics.parquet", "criteria.parquet",
+                                                      "rubric_failures.parquet"]):
+            return
         groups = _groups(params, paths, r)
 
         async def one(g: Group, chat: ChatModel) -> Rubric | LLMError:
@@ -226,7 +299,7 @@ def mine(params: Params, r: int) -> None:
             with tqdm(total=len(groups), desc=f"round {r} mine", unit="group") as bar:
                 return list(await asyncio.gather(*(counted(one(g, chat), bar) for _, g in groups)))
 
-        outcomes = _with_chat(params, "rubricator", induce_all)
+        outcomes = _with_chats(params, ("rubricator",), induce_all)
         ok = [(m, o) for (m, _), o in zip(groups, outcomes, strict=True) if isinstance(o, Rubric)]
         failed = [{"run_id": params.run_id, "round": r, "group_id": m.group_id, "prompt_id": m.prompt_id,
                    "stage": o.stage or "rubric", "error_type": o.type.value, "message": o.message}
@@ -245,6 +318,9 @@ def qa(params: Params, r: int) -> None:
 
     paths = RunPaths(params)
     with run_lock(paths.run):
+        if _not_used(params, "qa", paths.round(r), ["rubrics_clean.parquet", "criteria_clean.parquet",
+                                                    "merges.parquet", "qa.md", "qa.json"]):
+            return
         run_qa(paths.round(r), _prompts(paths), params.qa)
 
 
@@ -257,7 +333,12 @@ def verify(params: Params, r: int) -> None:
     paths = RunPaths(params)
     rd = paths.round(r)
     with run_lock(paths.run):
+        if _not_used(params, "verify", rd, ["judgements.parquet", "rewards.parquet", "diagnostics.json"]):
+            return
         groups = _groups(params, paths, r)
+        if params.method == "tjudge":
+            _tjudge(params, paths, r, groups)
+            return
         clean = pd.read_parquet(rd / "rubrics_clean.parquet").set_index("group_id")
         raw = pd.read_parquet(rd / "rubrics.parquet").set_index("group_id")
         failures = pd.read_parquet(rd / "rubric_failures.parquet").set_index("group_id")
@@ -283,12 +364,42 @@ def verify(params: Params, r: int) -> None:
             with tqdm(total=len(groups), desc=f"round {r} verify", unit="group") as bar:
                 return list(await asyncio.gather(*(counted(one(g, chat), bar) for _, g in groups)))
 
-        results = _with_chat(params, "verifier", verify_all)
+        results = _with_chats(params, ("verifier",), verify_all)
         judgements, rewards = verdict_frames([(m, res) for (m, _), res in zip(groups, results, strict=True)],
                                              run_id=params.run_id, round=r)
         atomic_write_parquet(judgements, rd / "judgements.parquet")
         atomic_write_parquet(rewards, rd / "rewards.parquet")
         pool_diagnostics(rd, _prompts(paths))
+
+
+def _tjudge(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMeta, Group]]) -> None:
+    """T-Judge: the verifier role scores each rollout 0-10 with no rubric; the rest is as for ROPD."""
+    import asyncio
+
+    from ropd.eval.correctness import auc, is_correct
+    from ropd.rubric.tjudge import tjudge_group
+
+    async def judge_all(chat: ChatModel) -> list[GroupResult]:
+        with tqdm(total=len(groups), desc=f"round {r} tjudge", unit="group") as bar:
+            return list(await asyncio.gather(*(counted(tjudge_group(g, chat, params.engine), bar)
+                                               for _, g in groups)))
+
+    results = _with_chats(params, ("verifier",), judge_all)
+    judgements, rewards = verdict_frames([(m, res) for (m, _), res in zip(groups, results, strict=True)],
+                                         run_id=params.run_id, round=r)
+    rd = paths.round(r)
+    atomic_write_parquet(judgements, rd / "judgements.parquet")
+    atomic_write_parquet(rewards, rd / "rewards.parquet")
+    ok = rewards[rewards["status"] == "ok"].merge(pd.read_parquet(rd / "rollouts.parquet")[
+        ["prompt_id", "sample_idx", "text"]], on=["prompt_id", "sample_idx"])
+    refs = _prompts(paths).set_index("prompt_id")["reference_answer"]
+    labels = [is_correct(t, str(refs[p])) for p, t in zip(ok["prompt_id"], ok["text"], strict=True)]
+    known = [(float(x), bool(y)) for x, y in zip(ok["reward"], labels, strict=True) if y is not None]
+    n_ok = sum(res.ok for res in results)
+    _json({"run_id": params.run_id, "round": r, "method": "tjudge", "n_groups": len(results), "n_groups_ok": n_ok,
+           "judge_error_rate": 1 - n_ok / len(results) if results else None,
+           "mean_reward": float(ok["reward"].mean()) if len(ok) else None,
+           "reward_auc": auc([x for x, _ in known], [y for _, y in known]) if known else None}, rd / "diagnostics.json")
 
 
 # -- training and evaluation -----------------------------------------------------------------------------
@@ -300,6 +411,10 @@ def train(params: Params, r: int) -> None:
     paths = RunPaths(params)
     rd = paths.round(r)
     with run_lock(paths.run):
+        if params.method in ("sft", "lopd"):
+            metrics = _train_baseline(params, paths, r)
+            _json({"round": r, "method": params.method, **metrics}, rd / "train_metrics.json")
+            return
         rewards = pd.read_parquet(rd / "rewards.parquet")
         by_group = rewards.groupby("group_id")["status"].agg(lambda s: (s == "ok").all())
         failed_share = float((~by_group).mean()) if len(by_group) else 1.0
@@ -322,31 +437,77 @@ def train(params: Params, r: int) -> None:
         metrics = learner.train_round(samples)
         learner.save(paths.checkpoint(r + 1))
         ok = rewards[rewards["status"] == "ok"]["reward"]
-        _json({"round": r, **metrics, "failed_share": failed_share,
+        _json({"round": r, "method": params.method, **metrics, "failed_share": failed_share,
                "mean_reward": float(ok.mean()) if len(ok) else None}, rd / "train_metrics.json")
 
 
+def _train_baseline(params: Params, paths: RunPaths, r: int) -> dict[str, float]:
+    """SFT on the round's teacher answers, or LOPD on the round's prompts: the same prompt budget as GRPO."""
+    from ropd.train.baselines import lopd_train, sft_train
+
+    prompts = _prompts(paths)
+    mine = prompts[prompts["round"] == r]
+    chats = {row["prompt_id"]: _messages(row) for _, row in mine.iterrows()}
+    seed = params.data.seed * 1000 + r
+    src, dst = paths.checkpoint(r), paths.checkpoint(r + 1)
+    if params.method == "lopd":
+        return lopd_train(src, params.lopd_teacher, list(chats.values()), params.lopd, dst, seed=seed,
+                          device=params.student.device)
+    index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params)))
+    examples = [{"prompt": chats[pid], "completion": [{"role": "assistant", "content": answer}]}
+                for pid in chats for answer in index.answers(pid)]
+    return sft_train(src, examples, params.sft, dst, seed=seed, device=params.student.device)
+
+
 def evaluate(params: Params, r: int) -> None:
-    """Held-out accuracy of policy r+1: k samples per problem, pass@1 averaged over k, checked by math-verify."""
-    from ropd.eval.correctness import is_correct
+    """Held-out evaluation of policy r+1 after every `eval.every`-th round (and the last)."""
+    paths = RunPaths(params)
+    with run_lock(paths.run):
+        if not params.evaluates_after(r):
+            _json({"round": r, "skipped": f"eval.every={params.eval.every}"}, paths.round(r) / "eval.json")
+            return
+        result = evaluate_checkpoint(params, paths.checkpoint(r + 1))
+        _json({"round": r, "prompts_seen": (r + 1) * params.data.prompts_per_round, **result.model_dump()},
+              paths.round(r) / "eval.json")
+
+
+def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
+    """k samples per held-out problem graded by math-verify; the first `eval.rubric_prompts` problems are
+    also judged (rubric induced against the teacher's answers, then blind verification)."""
+    import asyncio
+
+    from ropd.eval.harness import eval_groups, summarize
     from ropd.rollout.hf_sampler import TransformersSampler
+    from ropd.rubric.engine import score_group
     from ropd.train.grpo import load_policy
 
     paths = RunPaths(params)
-    with run_lock(paths.run):
-        prompts = _prompts(paths)
-        held = prompts[prompts["split"] == "eval"].head(params.eval.n_prompts)
-        model, tokenizer = load_policy(paths.checkpoint(r + 1), params.student.device)
-        sampler = TransformersSampler(model, tokenizer, params.student.device)
-        e = params.eval
-        sampling = params.student.sampling.model_copy(update={"n": e.k, "temperature": e.temperature,
-                                                              "max_new_tokens": e.max_new_tokens, "seed": 10_000})
-        outs = sampler.sample({row["prompt_id"]: _messages(row) for _, row in held.iterrows()}, sampling)
-        refs = held.set_index("prompt_id")["reference_answer"]
-        verdicts = [is_correct(o.text, str(refs[o.prompt_id])) for o in outs]
-        _json({"round": r, "policy": paths.checkpoint(r + 1).name, "n_problems": len(held), "k": e.k,
-               "accuracy": sum(bool(v) for v in verdicts) / max(len(verdicts), 1),
-               "unparseable": sum(v is None for v in verdicts)}, paths.round(r) / "eval.json")
+    if not paths.prompts.is_file():
+        raise ValueError(f"{paths.prompts} is missing: the held-out split is chosen by `ropd stage prepare`")
+    prompts = _prompts(paths)
+    held = prompts[prompts["split"] == "eval"].head(params.eval.n_prompts)
+    model, tokenizer = load_policy(checkpoint, params.student.device)
+    e = params.eval
+    sampling = params.student.sampling.model_copy(update={"n": e.k, "temperature": e.temperature,
+                                                          "max_new_tokens": e.max_new_tokens, "seed": 10_000})
+    samples = TransformersSampler(model, tokenizer, params.student.device).sample(
+        {row["prompt_id"]: _messages(row) for _, row in held.iterrows()}, sampling)
+    del model
+    refs = {str(k): str(v) for k, v in held.set_index("prompt_id")["reference_answer"].items()}
+    teacher: dict[str, list[str]] = {}
+    if e.rubric_prompts and paths.teacher.is_file():
+        index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params)))
+        teacher = {pid: index.answers(pid) for pid in refs if index.has(pid)}
+    groups = eval_groups(samples, dict(zip(held["prompt_id"], held["question"], strict=True)), teacher,
+                         e.rubric_prompts)
+    judged = []
+    if groups:
+        async def judge(rubricator: ChatModel, verifier: ChatModel) -> list[GroupResult]:
+            return list(await asyncio.gather(*(score_group(g, rubricator, verifier, params.engine) for g in groups)))
+
+        results = _with_chats(params, ("rubricator", "verifier"), judge)
+        judged = list(zip(groups, results, strict=True))
+    return summarize(checkpoint.name, samples, refs, e.k, judged)
 
 
 def summarize(params: Params) -> None:
@@ -371,8 +532,10 @@ def report(params: Params) -> None:
     write_report(RunPaths(params).run, RunPaths(params).report)
 
 
+SETUP_STAGES = ("demo_data", "prepare", "teacher_sft", "teacher")
 ROUND_STAGES = {"rollout": rollout, "mine": mine, "qa": qa, "verify": verify, "train": train, "evaluate": evaluate}
-RUN_STAGES = {"demo_data": demo_data, "prepare": prepare, "teacher": teacher, "summarize": summarize,
+RUN_STAGES = {"demo_data": demo_data, "prepare": prepare, "teacher_sft": teacher_sft, "teacher": teacher,
+              "summarize": summarize,
               "report": report}
 
 
@@ -401,7 +564,7 @@ def run_stage(params: Params, name: str, r: int | None = None) -> None:
 
 def run_all(params: Params) -> None:
     """Every stage in order, in this process: the plain front-end (DVC and Prefect call the same stages)."""
-    for name in ("demo_data", "prepare", "teacher"):
+    for name in SETUP_STAGES:
         run_stage(params, name)
     for item in params.rounds:
         for name in ROUND_STAGES:

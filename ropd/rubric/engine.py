@@ -64,6 +64,7 @@ class GroupResult(BaseModel):
     student_scores: list[float] = []
     teacher_scores: list[float] = []
     rewards: list[float | None] = []
+    score_scale: int | None = None  # rubric-free judges (T-Judge): reward = score / score_scale
 
     @property
     def ok(self) -> bool:

@@ -62,11 +62,13 @@ def verdict_frames(results: list[tuple[GroupMeta, GroupResult]], *, run_id: str,
                                 "pool_position": pool_pos, "criterion_id": c.id, "verdict": v}
                                for c, v in zip(r.rubric.criteria, row, strict=True)]
         for i, reward in enumerate(r.rewards):
-            score = None
+            score, max_score = None, r.rubric.max_score if r.rubric else r.score_scale
             if r.rubric is not None and r.student_verdicts:
                 score = sum(c.points for c, v in zip(r.rubric.criteria, r.student_verdicts[i], strict=True) if v)
+            elif r.score_scale is not None and reward is not None:
+                score = int(reward * r.score_scale + 0.5)  # `round` is shadowed by the parameter
             rewards.append({**base, "sample_idx": meta.sample_indices[i], "rubric_id": rid, "score": score,
-                            "max_score": r.rubric.max_score if r.rubric else None, "reward": reward,
+                            "max_score": max_score, "reward": reward,
                             "status": r.status.value, "error_stage": r.error.stage if r.error else None,
                             "error_type": r.error.type if r.error else None})
     return pd.DataFrame(judgements, columns=JUDGEMENT_COLS), pd.DataFrame(rewards, columns=REWARD_COLS)

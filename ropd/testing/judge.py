@@ -19,12 +19,14 @@ _FINAL = re.compile(r"(?im)^\s*(?:final answer|answer|####)\s*[:=]?\s*\$?(-?\d[\
 
 
 def request_kind(messages: list[dict[str, str]]) -> str:
-    """`rubric`, `verify` or `teacher`, from the versioned system prompt."""
+    """`rubric`, `verify`, `tjudge` or `teacher`, from the versioned system prompt."""
     system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
     if "You are the Rubricator" in system:
         return "rubric"
     if "You are the Verifier" in system:
         return "verify"
+    if "(tjudge-" in system:
+        return "tjudge"
     return "teacher"
 
 
@@ -102,6 +104,18 @@ def verdict_reply(messages: list[dict[str, str]]) -> dict:
     }
 
 
+def tjudge_reply(messages: list[dict[str, str]]) -> dict:
+    """T-Judge scores: the share of the rubric checks an answer passes, on the 0-10 scale."""
+    user = _task(messages)
+    nonce = _NONCE.search(messages[0]["content"])
+    if not nonce:
+        return {"scores": []}
+    question = _fenced("prompt", user, nonce.group(1))[0][1]
+    return {"scores": [{"answer": int(label), "score": round(10 * sum(check(question, text) for check in
+                                                                      CHECKS.values()) / len(CHECKS))}
+                       for label, text in _fenced("answer", user, nonce.group(1))]}
+
+
 _TEACHER_STYLES = ("Add the quantities: {steps} = {total}", "Sum: {steps} = {total}", "{steps} = {total}")
 
 
@@ -119,4 +133,6 @@ def judge_reply(messages: list[dict[str, str]], seed: int | None = None) -> str:
         return json.dumps(rubric_reply(messages))
     if kind == "verify":
         return json.dumps(verdict_reply(messages))
+    if kind == "tjudge":
+        return json.dumps(tjudge_reply(messages))
     return teacher_reply(messages, seed)

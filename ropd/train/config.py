@@ -1,4 +1,4 @@
-"""GRPO hyperparameters; defaults are the paper's (design §1)."""
+"""Training hyperparameters: GRPO (defaults are the paper's, design §1) and the TRL baselines."""
 
 from __future__ import annotations
 
@@ -29,3 +29,28 @@ class GRPOConfig(BaseModel):
                                         "None = one step per round")
     lora: LoraSettings | None = None
     seed: int = 0
+
+
+class SFTSettings(BaseModel):
+    """SFTTrainer settings; also used by the `teacher_sft` stage that builds the white-box teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(default=1e-5, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    max_length: int = Field(default=384, ge=16, description="prompt + answer tokens; longer examples are cut")
+
+
+class LOPDSettings(BaseModel):
+    """DistillationTrainer settings: on-policy generation, generalized JSD against the teacher's logits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(default=1e-6, gt=0)
+    beta: float = Field(default=1.0, ge=0, le=1, description="0 forward KL, 0.5 JSD, 1 reverse KL (GKD)")
+    temperature: float = Field(default=1.0, gt=0)
+    max_completion_length: int = Field(default=96, ge=1)
+    batch_size: int = Field(default=4, ge=1)
+    teacher_path: str | None = Field(default=None, description="white-box teacher (same tokenizer); "
+                                     "default: the teacher_sft stage's model")

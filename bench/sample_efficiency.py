@@ -1,0 +1,171 @@
+"""Sample efficiency: held-out accuracy against prompts seen, for ROPD, SFT, T-Judge and LOPD.
+
+    .venv/bin/python bench/sample_efficiency.py --preset small     # under an hour on 2 CPU cores
+    .venv/bin/python bench/sample_efficiency.py --preset full      # a GPU, or an afternoon
+
+Every method runs through the same pipeline (`ropd.pipeline.stages.run_all`) on the demo task with
+the same seeds, prompts, budget per round and evaluation. The teacher is white-box, as in the
+paper's white-box table: SmolLM2 fine-tuned on the reference solutions (the `teacher_sft` stage).
+Its logits drive LOPD; its sampled text answers are what SFT imitates and what the ROPD rubricator
+and the T-Judge see. The judges are the shipped params' (the packaged SmolLM2, unless `--params`
+points at a file whose rubricator/verifier blocks name another endpoint).
+
+Budget b = prompts seen after a round; b = 0 is the shared starting policy. Each method is resumable:
+a method whose last round was already evaluated is read back, not rerun (LLM calls are cached anyway).
+
+Writes <out>/sample_efficiency_<preset>.json (the table) and .png (accuracy and mean rubric score
+against prompts seen). The last line printed is JSON: each method's final accuracy and the prompts
+each method needed to reach SFT's final accuracy (null if it never did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("sft", "ropd", "tjudge", "lopd")
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"rounds": 4, "prompts_per_round": 4, "n": 4, "max_new_tokens": 96, "eval_prompts": 32, "k": 1,
+              "eval_temperature": 0.0, "rubric_prompts": 4, "teacher_sft_prompts": 128},
+    "full": {"rounds": 12, "prompts_per_round": 16, "n": 8, "max_new_tokens": 128, "eval_prompts": 128, "k": 4,
+             "eval_temperature": 0.6, "rubric_prompts": 16, "teacher_sft_prompts": 512},
+}
+
+
+def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, work: Path, tag: str) -> dict[str, Any]:
+    data = json.loads(json.dumps(base))  # deep copy
+    models = work / "data" / "models"
+    data.update({"run_id": f"se-{tag}-{method}", "runs_dir": str(work / "data" / "runs"), "models_dir": str(models),
+                 "method": method, "rounds": [{"r": r, "next": r + 1} for r in range(preset["rounds"])]})
+    data["data"].update({"prompts_per_round": preset["prompts_per_round"]})
+    data["student"]["sampling"].update({"n": preset["n"], "max_new_tokens": preset["max_new_tokens"]})
+    data["eval"] = {"n_prompts": preset["eval_prompts"], "k": preset["k"], "temperature": preset["eval_temperature"],
+                    "max_new_tokens": preset["max_new_tokens"], "every": 1, "rubric_prompts": preset["rubric_prompts"]}
+    data["teacher"] = {"m": 4, "role": {"provider": "local", "model": "teacher-sft",
+                                        "model_path": str(models / "teacher-sft"), "api_key_env": None,
+                                        "temperature": 0.7, "max_tokens": 160, "batch_size": 16}}
+    data.setdefault("teacher_sft", {})["n_prompts"] = preset["teacher_sft_prompts"]
+    return data
+
+
+def stage_seconds(params: Any) -> float:
+    f = Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl"
+    return sum(json.loads(line)["seconds"] for line in f.read_text().splitlines()) if f.is_file() else 0.0
+
+
+def prompts_to_reach(points: list[tuple[int, float | None]], target: float | None) -> int | None:
+    if target is None:
+        return None
+    return next((b for b, acc in sorted(points) if acc is not None and acc >= target), None)
+
+
+def plot(rows: list[dict[str, Any]], methods: list[str], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for m in methods:
+        pts = sorted((r["prompts_seen"], r["accuracy"], r["mean_rubric_score"]) for r in rows if r["method"] == m)
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=m)
+    for ax, label in zip(axes, ("held-out accuracy (pass@1, math-verify)", "mean rubric score (held-out)"),
+                         strict=True):
+        ax.set_xlabel("training prompts seen")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="base params (judges, GRPO, ...)")
+    ap.add_argument("--work", type=Path, default=ROOT / "data" / "bench", help="runs, models and call cache")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where the JSON and PNG go")
+    args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := set(methods) - set(METHODS):
+        ap.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    preset = PRESETS[args.preset]
+    base = yaml.safe_load(args.params.read_text())
+    work = (args.work / f"sample_efficiency-{args.preset}").resolve()
+    smollm2 = ROOT / "data" / "models" / "smollm2-135m-instruct"
+    if not smollm2.is_dir():
+        from ropd.models import prepare_smollm2
+
+        smollm2 = prepare_smollm2(ROOT / "data" / "models")
+    target = work / "data" / "models" / smollm2.name
+    if not target.exists():
+        shutil.copytree(smollm2, target, copy_function=os.link)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.chdir(work)  # the call cache, demo data and locks live under the work directory
+
+    from ropd.params import Params
+    from ropd.pipeline.stages import RunPaths, evaluate_checkpoint, run_all
+
+    rows: list[dict[str, Any]] = []
+    wall: dict[str, float] = {}
+    for method in methods:
+        params = Params.model_validate(method_params(base, preset, method, work, args.preset))
+        paths = RunPaths(params)
+        last = paths.round(params.rounds[-1].r) / "eval.json"
+        t0 = time.monotonic()
+        if not (last.is_file() and "accuracy" in json.loads(last.read_text())):
+            print(f"[{method}] running {len(params.rounds)} rounds x {preset['prompts_per_round']} prompts", flush=True)
+            run_all(params)
+        wall[method] = round(stage_seconds(params), 1)
+        print(f"[{method}] done in {time.monotonic() - t0:.0f}s (stage time {wall[method]}s)", flush=True)
+        base_eval = work / "eval_base.json"
+        if not base_eval.is_file():  # budget 0: the starting policy, identical for every method
+            base_eval.write_text(evaluate_checkpoint(params, paths.checkpoint(0)).model_dump_json(indent=2))
+        evals = [(0, json.loads(base_eval.read_text()))]
+        evals += [(json.loads((paths.round(i.r) / "eval.json").read_text())["prompts_seen"],
+                   json.loads((paths.round(i.r) / "eval.json").read_text())) for i in params.rounds]
+        for seen, ev in evals:
+            rows.append({"method": method, "prompts_seen": seen, "accuracy": ev["accuracy"],
+                         "mean_rubric_score": ev["mean_rubric_score"], "reward_auc": ev["reward_auc"],
+                         "unparseable": ev["unparseable"], "n_samples": ev["n_samples"]})
+
+    teacher_eval = work / "eval_teacher.json"  # the white-box teacher on the same held-out set: the ceiling
+    if not teacher_eval.is_file() and params.teacher_sft_dir.joinpath("config.json").is_file():
+        teacher_eval.write_text(evaluate_checkpoint(params, params.teacher_sft_dir).model_dump_json(indent=2))
+    teacher_acc = json.loads(teacher_eval.read_text())["accuracy"] if teacher_eval.is_file() else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"sample_efficiency_{args.preset}"
+    final = {m: max((r for r in rows if r["method"] == m), key=lambda r: r["prompts_seen"])["accuracy"]
+             for m in methods}
+    sft_final = final.get("sft")
+    reach = {m: prompts_to_reach([(r["prompts_seen"], r["accuracy"]) for r in rows if r["method"] == m], sft_final)
+             for m in methods}
+    table = {"preset": args.preset, "settings": preset, "teacher_accuracy": teacher_acc, "stage_seconds": wall,
+             "rows": rows}
+    (stem.with_suffix(".json")).write_text(json.dumps(table, indent=2) + "\n")
+    plot(rows, methods, stem.with_suffix(".png"),
+         f"demo task, preset {args.preset}: {preset['eval_prompts']} held-out problems, k={preset['k']}")
+    print(f"{'method':8} " + " ".join(f"{b:>7}" for b in sorted({r['prompts_seen'] for r in rows})))
+    for m in methods:
+        accs = [r["accuracy"] for r in sorted((r for r in rows if r["method"] == m), key=lambda r: r["prompts_seen"])]
+        print(f"{m:8} " + " ".join(f"{a:7.3f}" for a in accs))
+    print(f"table: {stem.with_suffix('.json')}  plot: {stem.with_suffix('.png')}")
+    print(f"white-box teacher accuracy: {teacher_acc}")
+    print(json.dumps({"preset": args.preset, "final_accuracy": final, "sft_final_accuracy": sft_final,
+                      "prompts_to_reach_sft_final": reach}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Every `method:` runs one tiny round through the same pipeline, evaluation and report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from ropd.params import Params
+from ropd.pipeline.stages import RunPaths, run_all
+from ropd.testing.server import ScriptedServer
+from tests.tiny import tiny_params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Iterator[tuple[Path, ScriptedServer]]:
+    root = tmp_path_factory.mktemp("methods")
+    shutil.copytree(smollm2_dir, root / "models" / smollm2_dir.name, copy_function=os.link)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        with ScriptedServer() as srv:
+            yield root, srv
+    finally:
+        os.chdir(cwd)
+
+
+def run_method(root: Path, srv: ScriptedServer, method: str) -> RunPaths:
+    data = tiny_params(srv.base_url, root / "models", {"run_id": method, "method": method,
+                                                       "eval.rubric_prompts": 2})
+    data["teacher_sft"] = {"n_prompts": 4, "epochs": 1, "batch_size": 4, "max_length": 128}
+    data["sft"] = {"lr": 1e-4, "batch_size": 4, "max_length": 128}
+    data["lopd"] = {"lr": 1e-4, "batch_size": 2, "max_completion_length": 8}
+    (root / f"{method}.yaml").write_text(yaml.safe_dump(data))
+    params = Params.model_validate(data)
+    run_all(params)
+    return RunPaths(params)
+
+
+def weights_changed(paths: RunPaths) -> bool:
+    before = load_file(paths.checkpoint(0) / "model.safetensors")
+    after = load_file(paths.checkpoint(1) / "model.safetensors")
+    return any(not before[k].equal(after[k]) for k in before)
+
+
+def check_common(paths: RunPaths, method: str) -> dict:
+    rd = paths.round(0)
+    metrics = json.loads((rd / "train_metrics.json").read_text())
+    assert metrics["method"] == method
+    ev = json.loads((rd / "eval.json").read_text())
+    assert ev["n_problems"] == 2 and ev["correct"] + ev["wrong"] + ev["unparseable"] + ev["no_reference"] == 2
+    assert 0.0 <= ev["accuracy"] <= 1.0
+    assert ev["rubric_prompts"] == 2 and ev["rubric_judge_error_rate"] == 0.0
+    assert ev["mean_rubric_score"] is not None  # every method is scored by the same rubric view
+    history = json.loads(paths.history.read_text())
+    assert history[0]["accuracy"] == ev["accuracy"]
+    assert paths.report.is_file()
+    return metrics
+
+
+def test_ropd_round(project: tuple[Path, ScriptedServer]) -> None:
+    root, srv = project
+    paths = run_method(root, srv, "ropd")
+    check_common(paths, "ropd")
+    rewards = pd.read_parquet(paths.round(0) / "rewards.parquet")
+    assert len(rewards) == 4 and (rewards["status"] == "ok").all() and rewards["rubric_id"].notna().all()
+    assert not (paths.params.teacher_sft_dir / "model.safetensors").exists()  # not needed, not built
+
+
+def test_tjudge_round(project: tuple[Path, ScriptedServer]) -> None:
+    root, srv = project
+    before = srv.received("tjudge")
+    paths = run_method(root, srv, "tjudge")
+    check_common(paths, "tjudge")
+    assert srv.received("tjudge") - before == 2  # one scalar-scoring call per prompt group
+    rd = paths.round(0)
+    assert pd.read_parquet(rd / "rubrics.parquet").empty  # no rubric is mined
+    rewards = pd.read_parquet(rd / "rewards.parquet")
+    assert len(rewards) == 4 and (rewards["status"] == "ok").all() and (rewards["max_score"] == 10).all()
+    assert (rewards["reward"] == rewards["score"] / 10).all()
+    assert json.loads((rd / "diagnostics.json").read_text())["method"] == "tjudge"
+
+
+def test_sft_round(project: tuple[Path, ScriptedServer]) -> None:
+    root, srv = project
+    paths = run_method(root, srv, "sft")
+    metrics = check_common(paths, "sft")
+    assert pd.read_parquet(paths.round(0) / "rollouts.parquet").empty  # SFT samples nothing on-policy
+    state = json.loads((paths.checkpoint(1) / "baseline_state.json").read_text())
+    teacher = pd.read_parquet(paths.teacher)
+    round0 = pd.read_parquet(paths.prompts).query("round == 0")["prompt_id"]
+    assert state["examples"] == teacher["prompt_id"].isin(round0).sum()  # every teacher answer of the round
+    assert metrics["loss"] > 0 and weights_changed(paths)
+
+
+def test_lopd_round_with_a_white_box_teacher(project: tuple[Path, ScriptedServer]) -> None:
+    root, srv = project
+    paths = run_method(root, srv, "lopd")
+    metrics = check_common(paths, "lopd")
+    teacher_dir = paths.params.teacher_sft_dir
+    manifest = json.loads((teacher_dir / "ropd_manifest.json").read_text())
+    assert manifest["trained_by"] == "sft" and len(manifest["inputs"]) == 16
+    state = json.loads((paths.checkpoint(1) / "baseline_state.json").read_text())
+    assert state["teacher"] == str(teacher_dir)
+    assert metrics["steps"] == 1 and weights_changed(paths)
+    mtime = (teacher_dir / "model.safetensors").stat().st_mtime_ns
+    from ropd.pipeline.stages import teacher_sft
+
+    teacher_sft(paths.params)  # same inputs: the teacher is not retrained
+    assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_eval_cli_reproduces_the_stage_and_names_a_bad_checkpoint(project: tuple[Path, ScriptedServer]) -> None:
+    from typer.testing import CliRunner
+
+    from ropd.cli import app
+
+    root, _ = project
+    paths = RunPaths(Params.model_validate(yaml.safe_load((root / "sft.yaml").read_text())))
+    res = CliRunner().invoke(app, ["eval", str(paths.checkpoint(1)), "--params", "sft.yaml", "--out", "e.json"])
+    assert res.exit_code == 0, res.output
+    got, stage = json.loads((root / "e.json").read_text()), json.loads((paths.round(0) / "eval.json").read_text())
+    assert {k: got[k] for k in ("accuracy", "correct", "mean_rubric_score")} == \
+        {k: stage[k] for k in ("accuracy", "correct", "mean_rubric_score")}  # seeded: the same samples and calls
+    (root / "broken").mkdir()
+    res = CliRunner().invoke(app, ["eval", "broken", "--params", "sft.yaml"])
+    assert res.exit_code == 2 and "broken" in res.output and "cannot load the policy" in res.output
