@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("sft", "ropd", "tjudge", "lopd")
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {"rounds": 4, "prompts_per_round": 4, "n": 4, "max_new_tokens": 96, "eval_prompts": 32, "k": 1,
-              "eval_temperature": 0.0, "rubric_prompts": 4, "teacher_sft_prompts": 128},
+              "eval_temperature": 0.0, "rubric_prompts": 3, "teacher_sft": {"n_prompts": 48, "epochs": 1}},
     "full": {"rounds": 12, "prompts_per_round": 16, "n": 8, "max_new_tokens": 128, "eval_prompts": 128, "k": 4,
-             "eval_temperature": 0.6, "rubric_prompts": 16, "teacher_sft_prompts": 512},
+             "eval_temperature": 0.6, "rubric_prompts": 16, "teacher_sft": {"n_prompts": 512, "epochs": 2}},
 }
 
 
@@ -52,7 +52,7 @@ def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, wor
     data["teacher"] = {"m": 4, "role": {"provider": "local", "model": "teacher-sft",
                                         "model_path": str(models / "teacher-sft"), "api_key_env": None,
                                         "temperature": 0.7, "max_tokens": 160, "batch_size": 16}}
-    data.setdefault("teacher_sft", {})["n_prompts"] = preset["teacher_sft_prompts"]
+    data.setdefault("teacher_sft", {}).update(preset["teacher_sft"])
     return data
 
 

@@ -63,8 +63,6 @@ def test_cli_reports_the_culprit_in_one_line(top: dict, needle: str, tmp_path: P
     assert "Traceback" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="ropd/pipeline/stages.py prepare: a missing student.model_path surfaces as a "
-                   "bare FileNotFoundError from _link_tree (a traceback in `ropd stage prepare`), not a clear error")
 def test_missing_student_model_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
@@ -101,9 +99,6 @@ def test_checkpoint_with_unreadable_config_is_named(checkpoint: Path) -> None:
         load_policy(checkpoint)
 
 
-@pytest.mark.xfail(strict=True, reason="ropd/train/grpo.py load_policy/GRPOLearner.load catch (OSError, ValueError, "
-                   "RuntimeError) only; safetensors raises SafetensorError (an Exception), so a truncated "
-                   "model.safetensors escapes as 'incomplete metadata' with no path")
 @pytest.mark.parametrize("loader", ["load_policy", "GRPOLearner.load"])
 def test_truncated_weights_are_named(loader: str, checkpoint: Path, smollm2_dir: Path) -> None:
     with (smollm2_dir / "model.safetensors").open("rb") as src:

@@ -111,9 +111,7 @@ def prepare(params: Params) -> None:
     paths = RunPaths(params)
     d = params.data
     with run_lock(paths.run):
-        base = Path(params.student.model_path) if params.student.model_path else prepare_smollm2(
-            Path(params.models_dir))
-        train = _train_pool(params)
+        train = _train_pool(params)  # the data first: a bad row is reported before any model work
         held = (pd.read_parquet(paths.demo_dir / "eval.parquet") if d.eval_source is None
                 else load_prompts(d.eval_source, "eval", seed=d.seed))
         need = d.prompts_per_round * len(params.rounds)
@@ -123,6 +121,11 @@ def prepare(params: Params) -> None:
         train = train.sample(frac=1.0, random_state=d.seed).head(need).reset_index(drop=True)
         train["round"] = train.index // d.prompts_per_round
         held = held.head(params.eval.n_prompts).assign(round=-1)
+        base = Path(params.student.model_path) if params.student.model_path else prepare_smollm2(
+            Path(params.models_dir))
+        if not (base / "config.json").is_file() and not (base / "adapter_config.json").is_file():
+            raise ValueError(f"student.model_path: {base} is not a model directory (no config.json); point it at a "
+                             "transformers checkpoint, or set it to null for the packaged SmolLM2")
         atomic_write_parquet(pd.concat([train, held], ignore_index=True), paths.prompts)
         paths.checkpoint(0).parent.mkdir(parents=True, exist_ok=True)
         _link_tree(base, paths.checkpoint(0))

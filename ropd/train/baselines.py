@@ -17,7 +17,7 @@ from typing import Any
 from ropd.io import atomic_dir
 from ropd.models import write_manifest
 from ropd.train.config import LOPDSettings, SFTSettings
-from ropd.train.grpo import CheckpointError
+from ropd.train.grpo import LOAD_ERRORS, CheckpointError
 
 BASELINE_STATE = "baseline_state.json"
 
@@ -41,7 +41,7 @@ def _load(path: Path, device: str) -> tuple[Any, Any]:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except LOAD_ERRORS as exc:
         raise CheckpointError(f"{path}: cannot load the model ({exc})") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

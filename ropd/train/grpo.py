@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from pydantic import BaseModel, ConfigDict
+from safetensors import SafetensorError
 
 from ropd.io import atomic_dir
 from ropd.rollout.base import Rollout, encode_prompt
@@ -22,6 +23,10 @@ from ropd.train.config import GRPOConfig
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
+
+
+# What loading a damaged checkpoint raises: a missing or unreadable file, a bad config, torn weights.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
 class CheckpointError(RuntimeError):
@@ -235,7 +240,7 @@ class GRPOLearner:
                 model = PeftModel.from_pretrained(base, path, is_trainable=True)
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except LOAD_ERRORS as exc:
             raise CheckpointError(f"{path}: cannot load the model ({exc})") from exc
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -269,7 +274,7 @@ def load_policy(path: Path, device: str = "cpu") -> tuple[Any, Any]:
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except LOAD_ERRORS as exc:
         raise CheckpointError(f"{path}: cannot load the policy ({exc})") from exc
     return model.to(device).eval(), tokenizer
 
