@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--model", help="model name at --base-url")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the key for --base-url")
     ap.add_argument("--stand-in", action="store_true", help="judge with the deterministic stand-in server")
-    ap.add_argument("--pairs", type=int, default=8, help="(question, clean answer) pairs")
+    ap.add_argument("--pairs", type=int, default=6, help="(question, clean answer) pairs")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
 
