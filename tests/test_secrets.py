@@ -1,0 +1,90 @@
+"""A canary API key, used by all three judge roles for a whole tiny run, is stored nowhere.
+
+The run is the Prefect flow (flows/distill.py) on a tiny project whose teacher, rubricator and verifier
+are the openai provider pointed at the scripted server, with `api_key_env` naming the canary's variable.
+Afterwards every byte is searched (UTF-8 and UTF-16): the project (run directory, tables, checkpoints,
+call cache, DVC files), the DuckDB store, the HTML report, Prefect's result storage and its database,
+and everything logged or printed during the run. The server must have received the canary, so the test
+proves the key was really in use. Heavy: one full tiny run, 1 to 4 minutes depending on load.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ropd.testing.server import ScriptedServer, auth_digest
+from tests.tiny import make_project, project_env
+
+KEY_ENV = "ROPD_CANARY_API_KEY"
+
+
+def leaks(roots: list[Path], canary: str) -> list[str]:
+    """Every file under `roots` whose bytes hold the canary, as UTF-8 or UTF-16."""
+    needles = [canary.encode(), canary.encode("utf-16-le")]
+    found = []
+    for root in roots:
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+        for f in files:
+            data = f.read_bytes()
+            if any(n in data for n in needles):
+                found.append(str(f))
+    return found
+
+
+def test_canary_key_is_stored_nowhere(tmp_path: Path, smollm2_dir: Path, prefect_harness: None,
+                                      monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+                                      capfd: pytest.CaptureFixture[str]) -> None:
+    import prefect.settings
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    canary = f"sk-canary-{uuid.uuid4().hex}"
+    monkeypatch.setenv(KEY_ENV, canary)
+    with ScriptedServer() as srv:
+        teacher = {"provider": "openai", "base_url": srv.base_url, "model": "stand-in-judge", "api_key_env": KEY_ENV,
+                   "temperature": 1.0, "max_tokens": 256, "backoff_initial_s": 0.05}
+        proj = make_project(tmp_path, srv.base_url, smollm2_dir.parent, {
+            "rubricator.api_key_env": KEY_ENV, "verifier.api_key_env": KEY_ENV, "teacher.role": teacher,
+            "teacher.m": 2})
+        monkeypatch.chdir(proj)
+        monkeypatch.setenv("PATH", project_env()["PATH"])
+        monkeypatch.syspath_prepend(str(proj))
+        storage = tmp_path / "prefect-storage"
+        caplog.set_level(logging.DEBUG)
+        with prefect.settings.temporary_settings(updates={PREFECT_LOCAL_STORAGE_PATH: storage}):
+            from flows.distill import distill
+
+            distill("params.yaml")
+        served = {e["kind"] for e in srv.log if e["served"]}
+        sent = {e["auth"] for e in srv.log}
+    # the key was really used, by every role
+    assert served >= {"teacher", "rubric", "verify"}
+    assert sent == {auth_digest(f"Bearer {canary}")}
+
+    from ropd.store.db import Store
+
+    db = proj / "data" / "ropd.duckdb"
+    Store(db).rebuild(proj / "data" / "runs", [proj / "data" / "cache" / "llm_calls.sqlite"])
+    report = proj / "data" / "runs" / "tiny.report.html"
+    prefect_db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    for must in (db, report, proj / "data" / "cache" / "llm_calls.sqlite", proj / "data" / "runs" / "tiny",
+                 storage, prefect_db):
+        assert must.exists(), must
+    assert any(storage.rglob("*")), "Prefect persisted no task results"
+
+    # the scanner finds a planted copy, so an empty result means something
+    plant = tmp_path / "planted.bin"
+    plant.write_bytes(b"\x00" + canary.encode("utf-16-le") + b"\x00")
+    assert leaks([plant], canary) == [str(plant)]
+    plant.unlink()
+
+    assert leaks([proj, storage, prefect_db.parent], canary) == []
+    out, err = capfd.readouterr()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    # Prefect re-configures logging during a run, so its console handler (captured here at the fd level)
+    # and its API handler (the database, searched above) are where the run's logs land
+    assert "Finished in state Completed" in out + err
+    assert canary not in out + err + logged
