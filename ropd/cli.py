@@ -117,12 +117,13 @@ def stage(
     from ropd.params import ConfigError, load_params
     from ropd.pipeline.lock import RunLocked
     from ropd.pipeline.stages import RUN_STAGES, QualityGateStop, run_stage
+    from ropd.train.grpo import CheckpointError
 
     try:
         run_stage(load_params(params), name, round)
     except QualityGateStop as exc:
         raise _fail(exc, code=3) from exc
-    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError) as exc:
+    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError, CheckpointError, OSError) as exc:
         raise _fail(exc) from exc
     console.print(f"stage {name}{'' if name in RUN_STAGES else f' (round {round})'}: done")
 
@@ -133,12 +134,13 @@ def run(params: Annotated[Path, typer.Option(help="the run's configuration")] = 
     from ropd.params import ConfigError, load_params
     from ropd.pipeline.lock import RunLocked
     from ropd.pipeline.stages import QualityGateStop, run_all
+    from ropd.train.grpo import CheckpointError
 
     try:
         run_all(load_params(params))
     except QualityGateStop as exc:
         raise _fail(exc, code=3) from exc
-    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError) as exc:
+    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError, CheckpointError, OSError) as exc:
         raise _fail(exc) from exc
     summary(params)
 

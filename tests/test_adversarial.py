@@ -91,7 +91,7 @@ def test_rubricator_prompt_keeps_each_answer_in_its_own_fence(row: dict) -> None
     nonce = nonce_of(messages)
     user = messages[1]["content"]
     assert spans(user, "reference", nonce) == [("R1", HONEST[0])]
-    assert spans(user, "student", nonce) == [("S1", truncate(row["answer"], MAX)), ("S2", HONEST[1])]
+    assert spans(user, "student", nonce) == [("S1", truncate(strip_think(row["answer"]), MAX)), ("S2", HONEST[1])]
     benign = render_rubricator(QUESTION, ["r"], ["s", "t"], max_answer_chars=MAX)
     assert skeleton(messages) == skeleton(benign)
 
@@ -134,6 +134,17 @@ def test_think_text_never_reaches_the_verifier(row: dict) -> None:
     if cut >= 0:
         hidden = answer[:cut].replace("<think>", "").replace("</think>", "").strip()
         assert hidden and hidden not in prompt  # the reasoning before the last </think> is not judged
+
+
+@pytest.mark.parametrize("row", THINK, ids=[r["id"] for r in THINK])
+def test_think_text_never_reaches_the_rubricator(row: dict) -> None:
+    answer = row["answer"]
+    prompt = render_rubricator(QUESTION, ["Answer: 4"], [answer])[1]["content"]
+    assert strip_think(answer) in prompt and "</think>" not in prompt
+    cut = answer.rfind("</think>")
+    if cut >= 0:
+        hidden = answer[:cut].replace("<think>", "").replace("</think>", "").strip()
+        assert hidden not in prompt
 
 
 def test_trailing_think_close_earns_nothing() -> None:

@@ -22,7 +22,7 @@ from ropd.pipeline import stages
 from ropd.train.grpo import CheckpointError, GRPOLearner, load_policy
 from tests.tiny import BIN, project_env
 
-CLEAR = (ValueError, LookupError, ModelPrepError)  # what `ropd stage` reports in one line, exit 2
+CLEAR = (ValueError, LookupError, ModelPrepError)  # among what `ropd stage` reports in one line, exit 2
 
 
 def write_params(where: Path, smollm2_dir: Path, **top: object) -> Path:
@@ -52,7 +52,8 @@ def test_prepare_names_the_bad_dataset_row(rows: list[bytes], needle: str, tmp_p
     ({"grpo": {"lr": 1e-6, "learning_rate": 1e-5}}, "unknown key 'grpo.learning_rate'"),
     ({"quality_gate": {"max_failed_share": 2}}, r"quality_gate.max_failed_share: Input should be less than or equal"),
     ({"data": {"source": "bad.jsonl"}}, "bad.jsonl: line 1: not JSON"),
-], ids=["params_unknown_key", "params_out_of_range", "dataset_not_json"])
+    ({"data": {"source": "demo"}}, "data/demo/train.parquet is missing: run `ropd stage demo_data` first"),
+], ids=["params_unknown_key", "params_out_of_range", "dataset_not_json", "demo_data_not_run"])
 def test_cli_reports_the_culprit_in_one_line(top: dict, needle: str, tmp_path: Path, smollm2_dir: Path) -> None:
     (tmp_path / "bad.jsonl").write_text("{prompt: unquoted}\n")
     write_params(tmp_path, smollm2_dir, **top)
@@ -107,3 +108,21 @@ def test_truncated_weights_are_named(loader: str, checkpoint: Path, smollm2_dir:
     load = load_policy if loader == "load_policy" else GRPOLearner.load
     with pytest.raises(CheckpointError, match=str(checkpoint)):
         load(checkpoint)
+
+
+def test_cli_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path, smollm2_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    model = smollm2_dir.resolve()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    write_params(tmp_path, model, data={"source": "p.jsonl", "eval_source": "p.jsonl", "prompts_per_round": 1},
+                 rounds=[{"r": 0, "next": 1}])
+    stages.prepare(load_params("params.yaml"))
+    weights = tmp_path / "data" / "runs" / "bad" / "checkpoints" / "round_0" / "model.safetensors"
+    weights.unlink()  # a hard link to the shared model: replace it, never write through it
+    weights.write_bytes(b"\0" * 1000)
+    proc = subprocess.run([str(BIN / "ropd"), "stage", "rollout", "--round", "0"], cwd=tmp_path, env=project_env(),
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "checkpoints/round_0: cannot load the policy" in out, out[-2000:]
+    assert "Traceback" not in out

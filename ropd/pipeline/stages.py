@@ -93,13 +93,20 @@ def demo_data(params: Params) -> None:
     atomic_write_parquet(held, out / "eval.parquet")
 
 
+def _demo_split(params: Params, split: str) -> pd.DataFrame:
+    path = RunPaths(params).demo_dir / f"{split}.parquet"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: run `ropd stage demo_data` first (dvc repro and the flow do)")
+    return pd.read_parquet(path)
+
+
 def _train_pool(params: Params) -> pd.DataFrame:
     """Every training problem the data source offers (the demo split, or the user's file)."""
     from ropd.data.load import load_prompts
 
     d = params.data
     if d.source == "demo":
-        return pd.read_parquet(RunPaths(params).demo_dir / "train.parquet")
+        return _demo_split(params, "train")
     return load_prompts(d.source, "train", seed=d.seed)
 
 
@@ -112,7 +119,7 @@ def prepare(params: Params) -> None:
     d = params.data
     with run_lock(paths.run):
         train = _train_pool(params)  # the data first: a bad row is reported before any model work
-        held = (pd.read_parquet(paths.demo_dir / "eval.parquet") if d.eval_source is None
+        held = (_demo_split(params, "eval") if d.eval_source is None
                 else load_prompts(d.eval_source, "eval", seed=d.seed))
         need = d.prompts_per_round * len(params.rounds)
         if len(train) < need:

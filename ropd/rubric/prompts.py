@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ropd.rubric.pool import strip_think
 from ropd.rubric.schema import MAX_CRITERIA, MAX_POINTS, MIN_CRITERIA, MIN_POINTS, Category, Rubric
 
 RUBRICATOR_VERSION = "rubricator-v1"
@@ -90,8 +91,9 @@ def render_rubricator(
     max_answer_chars: int = 6000,
 ) -> Messages:
     """Messages for contrastive rubric induction over one group."""
-    teacher = [truncate(t, max_answer_chars) for t in teacher]
-    student = [truncate(s, max_answer_chars) for s in student]
+    # The rubric is written about what the verifier will see: final answers, reasoning traces stripped.
+    teacher = [truncate(strip_think(t), max_answer_chars) for t in teacher]
+    student = [truncate(strip_think(s), max_answer_chars) for s in student]
     nonce = fence_nonce([question, *teacher, *student], salt=RUBRICATOR_VERSION)
     parts = [fenced("prompt", "x", question, nonce), "", "Reference answers (strong model):"]
     parts += [fenced("reference", f"R{i + 1}", t, nonce) for i, t in enumerate(teacher)]
