@@ -10,8 +10,11 @@ Its logits drive LOPD; its sampled text answers are what SFT imitates and what t
 and the T-Judge see. The judges are the shipped params' (the packaged SmolLM2, unless `--params`
 points at a file whose rubricator/verifier blocks name another endpoint).
 
-Budget b = prompts seen after a round; b = 0 is the shared starting policy. Each method is resumable:
-a method whose last round was already evaluated is read back, not rerun (LLM calls are cached anyway).
+Every method gets the same learning rate (the preset's `lr`): at the paper's GRPO rate of 1e-6, four
+optimizer steps leave a 135M policy's greedy answers unchanged, and a comparison of unequal rates
+would measure the rates. Budget b = prompts seen after a round; b = 0 is the shared starting policy.
+Each method is resumable: a run (named by a hash of its settings) whose last round was already
+evaluated is read back, not rerun, and LLM calls are cached anyway.
 
 Writes <out>/sample_efficiency_<preset>.json (the table) and .png (accuracy and mean rubric score
 against prompts seen). The last line printed is JSON: each method's final accuracy and the prompts
@@ -21,6 +24,7 @@ each method needed to reach SFT's final accuracy (null if it never did).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -33,17 +37,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("sft", "ropd", "tjudge", "lopd")
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": {"rounds": 4, "prompts_per_round": 4, "n": 4, "max_new_tokens": 96, "eval_prompts": 32, "k": 1,
-              "eval_temperature": 0.0, "rubric_prompts": 3, "teacher_sft": {"n_prompts": 48, "epochs": 1}},
-    "full": {"rounds": 12, "prompts_per_round": 16, "n": 8, "max_new_tokens": 128, "eval_prompts": 128, "k": 4,
-             "eval_temperature": 0.6, "rubric_prompts": 16, "teacher_sft": {"n_prompts": 512, "epochs": 2}},
+    "small": {"rounds": 4, "prompts_per_round": 4, "lr": 1e-5, "n": 4, "max_new_tokens": 96, "eval_prompts": 32,
+              "k": 1, "eval_temperature": 0.0, "rubric_prompts": 3, "teacher_sft": {"n_prompts": 48, "epochs": 1}},
+    "full": {"rounds": 12, "prompts_per_round": 16, "lr": 1e-5, "n": 8, "max_new_tokens": 128, "eval_prompts": 128,
+             "k": 4, "eval_temperature": 0.6, "rubric_prompts": 16, "teacher_sft": {"n_prompts": 512, "epochs": 2}},
 }
 
 
 def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, work: Path, tag: str) -> dict[str, Any]:
     data = json.loads(json.dumps(base))  # deep copy
     models = work / "data" / "models"
-    data.update({"run_id": f"se-{tag}-{method}", "runs_dir": str(work / "data" / "runs"), "models_dir": str(models),
+    data.update({"runs_dir": str(work / "data" / "runs"), "models_dir": str(models),
                  "method": method, "rounds": [{"r": r, "next": r + 1} for r in range(preset["rounds"])]})
     data["data"].update({"prompts_per_round": preset["prompts_per_round"]})
     data["student"]["sampling"].update({"n": preset["n"], "max_new_tokens": preset["max_new_tokens"]})
@@ -53,6 +57,10 @@ def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, wor
                                         "model_path": str(models / "teacher-sft"), "api_key_env": None,
                                         "temperature": 0.7, "max_tokens": 160, "batch_size": 16}}
     data.setdefault("teacher_sft", {}).update(preset["teacher_sft"])
+    for block in ("grpo", "sft", "lopd"):  # one learning rate for every method: only the method differs
+        data.setdefault(block, {})["lr"] = preset["lr"]
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+    data["run_id"] = f"se-{tag}-{method}-{digest}"  # changed settings are a new run, never a stale resume
     return data
 
 
