@@ -75,7 +75,7 @@ def prompts_to_reach(points: list[tuple[int, float | None]], target: float | Non
     return next((b for b, acc in sorted(points) if acc is not None and acc >= target), None)
 
 
-def plot(rows: list[dict[str, Any]], methods: list[str], out: Path, title: str) -> None:
+def plot(rows: list[dict[str, Any]], methods: list[str], out: Path, title: str, teacher_acc: float | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +86,8 @@ def plot(rows: list[dict[str, Any]], methods: list[str], out: Path, title: str) 
         pts = sorted((r["prompts_seen"], r["accuracy"], r["mean_rubric_score"]) for r in rows if r["method"] == m)
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=m)
+    if teacher_acc is not None:
+        axes[0].axhline(teacher_acc, color="grey", linestyle="--", label="white-box teacher")
     for ax, label in zip(axes, ("held-out accuracy (pass@1, math-verify)", "mean rubric score (held-out)"),
                          strict=True):
         ax.set_xlabel("training prompts seen")
@@ -164,7 +166,7 @@ def main() -> None:
              "rows": rows}
     (stem.with_suffix(".json")).write_text(json.dumps(table, indent=2) + "\n")
     plot(rows, methods, stem.with_suffix(".png"),
-         f"demo task, preset {args.preset}: {preset['eval_prompts']} held-out problems, k={preset['k']}")
+         f"demo task, preset {args.preset}: {preset['eval_prompts']} held-out problems, k={preset['k']}", teacher_acc)
     print(f"{'method':8} " + " ".join(f"{b:>7}" for b in sorted({r['prompts_seen'] for r in rows})))
     for m in methods:
         accs = [r["accuracy"] for r in sorted((r for r in rows if r["method"] == m), key=lambda r: r["prompts_seen"])]
