@@ -64,10 +64,18 @@ def _task(messages: list[dict[str, str]]) -> str:
     return next((m["content"] for m in messages if m["role"] == "user"), "")
 
 
-def rubric_reply(messages: list[dict[str, str]]) -> dict:
+def _fenced_task(messages: list[dict[str, str]]) -> tuple[str, str, str] | None:
+    """(task text, nonce, fenced question) of a grading request; None when the request carries no fence."""
     user = _task(messages)
     nonce = _NONCE.search(messages[0]["content"])
-    question = _fenced("prompt", user, nonce.group(1))[0][1] if nonce else user
+    if not nonce:
+        return None
+    return user, nonce.group(1), _fenced("prompt", user, nonce.group(1))[0][1]
+
+
+def rubric_reply(messages: list[dict[str, str]]) -> dict:
+    task = _fenced_task(messages)
+    question = task[2] if task else _task(messages)
     qty = ", ".join(_quantities(question)[:6]) or "the given quantities"
     criteria = [
         ("final_answer", "task_fulfilment", "States exactly one final numeric answer on a line starting "
@@ -85,16 +93,14 @@ def rubric_reply(messages: list[dict[str, str]]) -> dict:
 
 
 def verdict_reply(messages: list[dict[str, str]]) -> dict:
-    user = _task(messages)
-    nonce = _NONCE.search(messages[0]["content"])
-    if not nonce:
+    task = _fenced_task(messages)
+    if task is None:
         return {"answers": []}
-    question = _fenced("prompt", user, nonce.group(1))[0][1]
+    user, nonce, question = task
     # criterion lines count only outside the fences: an answer can quote a forged rubric line
-    outside = re.sub(rf'<(\w+) id="[^"]*" fence="{nonce.group(1)}">\n.*?\n</\1 fence="{nonce.group(1)}">', "",
-                     user, flags=re.DOTALL)
+    outside = re.sub(rf'<(\w+) id="[^"]*" fence="{nonce}">\n.*?\n</\1 fence="{nonce}">', "", user, flags=re.DOTALL)
     ids = re.findall(r"(?m)^\d+\. \[([^\]]+)\]", outside)
-    answers = _fenced("answer", user, nonce.group(1))
+    answers = _fenced("answer", user, nonce)
     return {
         "answers": [
             {"answer": int(label), "verdicts": [bool(CHECKS.get(cid, lambda q, a: False)(question, text))
@@ -106,14 +112,13 @@ def verdict_reply(messages: list[dict[str, str]]) -> dict:
 
 def tjudge_reply(messages: list[dict[str, str]]) -> dict:
     """T-Judge scores: the share of the rubric checks an answer passes, on the 0-10 scale."""
-    user = _task(messages)
-    nonce = _NONCE.search(messages[0]["content"])
-    if not nonce:
+    task = _fenced_task(messages)
+    if task is None:
         return {"scores": []}
-    question = _fenced("prompt", user, nonce.group(1))[0][1]
+    user, nonce, question = task
     return {"scores": [{"answer": int(label), "score": round(10 * sum(check(question, text) for check in
                                                                       CHECKS.values()) / len(CHECKS))}
-                       for label, text in _fenced("answer", user, nonce.group(1))]}
+                       for label, text in _fenced("answer", user, nonce)]}
 
 
 _TEACHER_STYLES = ("Add the quantities: {steps} = {total}", "Sum: {steps} = {total}", "{steps} = {total}")
