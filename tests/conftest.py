@@ -53,6 +53,22 @@ def make_chat(server: ScriptedServer, cache: CallCache) -> Iterator[Callable[...
     OPEN_CHATS.clear()
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A module-wide scratch directory, removed after the module unless one of its tests failed.
+
+    Module projects hold GB of checkpoints; pytest's `failed` retention removes only function-scoped
+    directories as it goes, and a CI disk of a few GB free must survive the whole suite.
+    """
+    import shutil
+
+    failed = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    if request.session.testsfailed == failed:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The packaged SmolLM2, converted once per machine into data/models (as `ropd models prepare` does)."""

@@ -20,8 +20,8 @@ from tests.tiny import tiny_params
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Iterator[tuple[Path, ScriptedServer]]:
-    root = tmp_path_factory.mktemp("methods")
+def project(module_tmp: Path, smollm2_dir: Path) -> Iterator[tuple[Path, ScriptedServer]]:
+    root = module_tmp
     shutil.copytree(smollm2_dir, root / "models" / smollm2_dir.name, copy_function=os.link)
     cwd = os.getcwd()
     os.chdir(root)

@@ -23,9 +23,9 @@ from tests.tiny import BIN, project_env, tiny_params
 
 
 @pytest.fixture(scope="module")
-def rolled(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Iterator[Path]:
+def rolled(module_tmp: Path, smollm2_dir: Path) -> Iterator[Path]:
     """A tiny project up to round 0's rollouts, the judges pointed at a dead endpoint; cwd is the project."""
-    proj = tmp_path_factory.mktemp("gate")
+    proj = module_tmp
     fast = {"max_retries": 1, "backoff_initial_s": 0.01, "backoff_max_s": 0.02, "breaker_threshold": 2}
     data = tiny_params(dead_url(), smollm2_dir.parent)
     for role in ("rubricator", "verifier"):
