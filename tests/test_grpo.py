@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,8 @@ def test_corrupt_checkpoint_is_named(smollm2_dir: Path, tmp_path: Path) -> None:
         GRPOLearner.load(tmp_path)
 
 
-def test_lora_trains_adapters_only_and_resumes(smollm2_dir: Path, tmp_path: Path) -> None:
+def test_lora_trains_adapters_only_and_resumes(smollm2_dir: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     learner = GRPOLearner.load(smollm2_dir, GRPOConfig(lr=1e-3, lora=LoraSettings(r=4)))
     trainable = params(learner)
     assert trainable and all("lora_" in n for n in trainable)
@@ -109,6 +111,12 @@ def test_lora_trains_adapters_only_and_resumes(smollm2_dir: Path, tmp_path: Path
     assert (ckpt / "adapter_config.json").is_file()
     loaded = GRPOLearner.load(ckpt)
     assert all(torch.equal(v, params(learner)[n]) for n, v in params(loaded).items())
+    assert loaded.optimizer.state_dict()["state"]  # the AdamW moments came back
+    (ckpt / "optimizer.pt").unlink()  # pruned to save disk: the weights load, a fresh AdamW is announced
+    with caplog.at_level(logging.WARNING, logger="ropd.train.grpo"):
+        fresh = GRPOLearner.load(ckpt)
+    assert not fresh.optimizer.state_dict()["state"]
+    assert f"{ckpt}: no optimizer.pt" in caplog.text
 
 
 def test_kl_to_reference(smollm2_dir: Path) -> None:

@@ -8,6 +8,7 @@ mini-batches per round are handled by the importance ratio and clipping, as in t
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from ropd.io import atomic_dir
 from ropd.rollout.base import Rollout, encode_prompt
 from ropd.train.advantages import group_advantages
 from ropd.train.config import GRPOConfig
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.pt"
@@ -254,6 +257,8 @@ class GRPOLearner:
                 learner.optimizer.load_state_dict(torch.load(optim_path, map_location="cpu", weights_only=True))
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(f"{optim_path}: cannot restore the optimizer ({exc})") from exc
+        elif learner.step > 0:  # a trained checkpoint whose optimizer file was pruned to save disk
+            log.warning("%s: no %s; this round starts a fresh AdamW state", path, OPTIM_FILE)
         return learner
 
 
