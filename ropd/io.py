@@ -1,8 +1,14 @@
-"""Atomic writes: a crash or a full disk never leaves a half-written file under an output's name."""
+"""Atomic writes: a crash or a full disk never leaves a half-written file under an output's name.
+
+A temporary sibling is named `.<name>.<pid>.<random>`: a writer killed with -9 cannot remove its own,
+so the next write of the same output sweeps the ones whose process is gone (a killed checkpoint write
+would otherwise leave a GB-sized orphan behind for good).
+"""
 
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
 import tempfile
@@ -13,12 +19,43 @@ from pathlib import Path
 import pandas as pd
 
 
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary siblings of `path` left by writers that died; return what was removed."""
+    head = f".{path.name}."
+    removed = []
+    for sib in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = sib.name[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if sib.is_dir() and not sib.is_symlink():
+            shutil.rmtree(sib, ignore_errors=True)
+        else:
+            sib.unlink(missing_ok=True)
+        removed.append(sib)
+    return removed
+
+
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sweep_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -40,7 +77,8 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    sweep_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     try:
         yield tmp
         if path.exists():

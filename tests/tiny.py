@@ -41,7 +41,7 @@ def tiny_params(base_url: str, models_dir: Path, overrides: dict | None = None) 
 
 def make_project(tmp: Path, base_url: str, models_dir: Path, overrides: dict | None = None) -> Path:
     proj = tmp / "proj"
-    proj.mkdir()
+    proj.mkdir(parents=True)
     shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
     shutil.copytree(ROOT / "flows", proj / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny_params(base_url, models_dir, overrides), sort_keys=False))
