@@ -25,7 +25,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the slowest tests, so suite time is watched
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
