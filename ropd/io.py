@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -33,10 +36,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_temps(path: Path) -> list[Path]:
-    """Remove the temporary siblings of `path` left by writers that died; return what was removed."""
+def sweep_stale_temps(path: Path) -> None:
+    """Remove the temporary siblings of `path` left by writers that died (pids are this host's: a
+    writer in another PID namespace sharing the directory would look dead)."""
     head = f".{path.name}."
-    removed = []
     for sib in path.parent.glob(f".{glob.escape(path.name)}.*"):
         pid = sib.name[len(head):].split(".", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
@@ -45,8 +48,7 @@ def sweep_stale_temps(path: Path) -> list[Path]:
             shutil.rmtree(sib, ignore_errors=True)
         else:
             sib.unlink(missing_ok=True)
-        removed.append(sib)
-    return removed
+        log.info("%s: removed %s, left by writer pid %s that died", path, sib.name, pid)
 
 
 @contextmanager
