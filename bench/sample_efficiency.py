@@ -77,8 +77,10 @@ def prune_optimizer_state(run_dir: Path) -> int:
     to a new run), yet its optimizer files are 2/3 of every full fine-tuning checkpoint: 15 of the small
     preset's 29 GB. The weights stay, so any round can still be evaluated with `ropd eval`.
     """
+    from ropd.train.grpo import OPTIM_FILE
+
     freed = 0
-    for f in sorted((run_dir / "checkpoints").glob("round_*/optimizer.pt")):
+    for f in sorted((run_dir / "checkpoints").glob(f"round_*/{OPTIM_FILE}")):
         freed += f.stat().st_size
         f.unlink()
     return freed
@@ -161,8 +163,8 @@ def main() -> None:
         if not base_eval.is_file():  # budget 0: the starting policy, identical for every method
             base_eval.write_text(evaluate_checkpoint(params, paths.checkpoint(0)).model_dump_json(indent=2))
         evals = [(0, json.loads(base_eval.read_text()))]
-        evals += [(json.loads((paths.round(i.r) / "eval.json").read_text())["prompts_seen"],
-                   json.loads((paths.round(i.r) / "eval.json").read_text())) for i in params.rounds]
+        round_evals = [json.loads((paths.round(i.r) / "eval.json").read_text()) for i in params.rounds]
+        evals += [(ev["prompts_seen"], ev) for ev in round_evals]
         for seen, ev in evals:
             rows.append({"method": method, "prompts_seen": seen, "accuracy": ev["accuracy"],
                          "mean_rubric_score": ev["mean_rubric_score"], "reward_auc": ev["reward_auc"],

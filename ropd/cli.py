@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -106,6 +108,23 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+@contextmanager
+def _pipeline_errors() -> Iterator[None]:
+    """What a user can fix (params, data, a checkpoint, a locked run, the disk) as one line and exit 2; a
+    quality-gate stop as exit 3. Imported here so `ropd --help` does not load torch."""
+    from ropd.params import ConfigError
+    from ropd.pipeline.lock import RunLocked
+    from ropd.pipeline.stages import QualityGateStop
+    from ropd.train.grpo import CheckpointError
+
+    try:
+        yield
+    except QualityGateStop as exc:
+        raise _fail(exc, code=3) from exc
+    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError, CheckpointError, OSError) as exc:
+        raise _fail(exc) from exc
+
+
 @app.command()
 def stage(
     name: Annotated[str, typer.Argument(help="demo_data, prepare, teacher_sft, teacher, rollout, mine, qa, verify, "
@@ -114,34 +133,22 @@ def stage(
     params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml"),
 ) -> None:
     """Run one pipeline stage: what `dvc repro` and the Prefect flow call."""
-    from ropd.params import ConfigError, load_params
-    from ropd.pipeline.lock import RunLocked
-    from ropd.pipeline.stages import RUN_STAGES, QualityGateStop, run_stage
-    from ropd.train.grpo import CheckpointError
+    from ropd.params import load_params
+    from ropd.pipeline.stages import RUN_STAGES, run_stage
 
-    try:
+    with _pipeline_errors():
         run_stage(load_params(params), name, round)
-    except QualityGateStop as exc:
-        raise _fail(exc, code=3) from exc
-    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError, CheckpointError, OSError) as exc:
-        raise _fail(exc) from exc
     console.print(f"stage {name}{'' if name in RUN_STAGES else f' (round {round})'}: done")
 
 
 @app.command()
 def run(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
     """Every stage in order in this process (no DVC, no Prefect); `dvc repro` and the flow do the same."""
-    from ropd.params import ConfigError, load_params
-    from ropd.pipeline.lock import RunLocked
-    from ropd.pipeline.stages import QualityGateStop, run_all
-    from ropd.train.grpo import CheckpointError
+    from ropd.params import load_params
+    from ropd.pipeline.stages import run_all
 
-    try:
+    with _pipeline_errors():
         run_all(load_params(params))
-    except QualityGateStop as exc:
-        raise _fail(exc, code=3) from exc
-    except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError, CheckpointError, OSError) as exc:
-        raise _fail(exc) from exc
     summary(params)
 
 
@@ -153,14 +160,11 @@ def eval_checkpoint(
     out: Annotated[Path | None, typer.Option(help="also write the result here as JSON")] = None,
 ) -> None:
     """Held-out accuracy (pass@1 over eval.k samples, math-verify), mean rubric score and reward–correctness AUC."""
-    from ropd.params import ConfigError, load_params
+    from ropd.params import load_params
     from ropd.pipeline.stages import evaluate_checkpoint
-    from ropd.train.grpo import CheckpointError
 
-    try:
+    with _pipeline_errors():
         result = evaluate_checkpoint(load_params(params), checkpoint)
-    except (ConfigError, CheckpointError, ValueError, LookupError, ModelPrepError) as exc:
-        raise _fail(exc) from exc
     table = Table(title=f"{checkpoint}: held-out evaluation")
     table.add_column("figure")
     table.add_column("value")

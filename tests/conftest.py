@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,8 +61,6 @@ def module_tmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     Module projects hold GB of checkpoints; pytest's `failed` retention removes only function-scoped
     directories as it goes, and a CI disk of a few GB free must survive the whole suite.
     """
-    import shutil
-
     failed = request.session.testsfailed
     path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     yield path
