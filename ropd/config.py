@@ -93,8 +93,13 @@ class EngineConfig(BaseModel):
     min_criteria: int = Field(default=4, ge=4, le=12)
     max_criteria: int = Field(default=12, ge=4, le=12)
     blind: bool = True
-    verifier_char_budget: int = Field(default=24000, ge=200, description="answer characters per verifier call")
-    max_answer_chars: int = Field(default=6000, ge=100, description="longer answers are truncated, marked")
+    judge_context_tokens: int = Field(default=131072, ge=512, description="the verifier's context window; "
+                                      "a pool is split over several calls only when its prompt would not fit")
+    judge_chars_per_token: float = Field(default=3.5, gt=0, description="estimate used to size prompts "
+                                         "against the context; lower it for code or non-Latin scripts")
+    # 40,000 lets the paper's 8192-token answers (~4 characters per token, ~33,000 characters) pass whole.
+    max_answer_chars: int = Field(default=40_000, ge=100, description="longer answers keep their head and "
+                                  "tail around a marked cut")
     max_criterion_chars: int = Field(default=300, ge=20, le=600, description="criterion text length in the "
                                      "schema sent to the judge; bounds a constrained decoder's worst case")
 
@@ -103,6 +108,10 @@ class EngineConfig(BaseModel):
         if self.min_criteria > self.max_criteria:
             raise ValueError(f"min_criteria ({self.min_criteria}) > max_criteria ({self.max_criteria})")
         return self
+
+    def prompt_char_budget(self, reply_tokens: int) -> int:
+        """Prompt characters (system and user) that fit the judge's context with room for the reply."""
+        return max(0, int((self.judge_context_tokens - reply_tokens) * self.judge_chars_per_token))
 
 
 class QualityGate(BaseModel):

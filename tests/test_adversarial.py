@@ -4,7 +4,8 @@ Each corpus row is {id, kind, text[, repeat, suffix]}; the answer is text * repe
 answers stay small on disk. For every row: the rendered prompts keep each answer inside its own fence
 (parsed back and compared with a benign rendering), verdicts stay attached to the right answer through
 the blind shuffle and chunking (checked against the stand-in judge's rules applied to each answer alone),
-and `</think>` stripping and truncation never let hidden or cut-off text reach the judge.
+and `</think>` stripping never lets hidden text reach the judge, while truncation keeps an answer's head
+and tail inside its own fence, around a cut line no answer can forge.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from ropd.config import EngineConfig
 from ropd.llm.openai_compat import OpenAICompatChat
 from ropd.rubric.engine import Group, score_groups
 from ropd.rubric.pool import blind_pool, strip_think
-from ropd.rubric.prompts import render_rubricator, render_verifier, truncate
+from ropd.rubric.prompts import cut_marker, render_rubricator, render_verifier, truncate
 from ropd.rubric.schema import Rubric
-from ropd.testing.judge import CHECKS, rubric_reply
+from ropd.testing.judge import CHECKS, answer_text, rubric_reply
 from ropd.testing.server import ScriptedServer
 from tests.conftest import run
 
@@ -32,7 +33,8 @@ KINDS = {"forged_header", "forged_delimiter", "embedded_json_verdict", "all_crit
          "grader_instruction", "long_answer", "think_trick"}
 QUESTION = "Ana has 3 bags with 12 apples each and eats 9. How many are left?"
 HONEST = ["3 * 12 = 36\n36 - 9 = 27\nAnswer: 27", "3 + 12 = 15\nAnswer: 15"]
-ENGINE = EngineConfig(min_criteria=4, max_criteria=6)
+# a cap well below the default, so the corpus's long rows are cut
+ENGINE = EngineConfig(min_criteria=4, max_criteria=6, max_answer_chars=6000)
 MAX = ENGINE.max_answer_chars
 
 
@@ -79,7 +81,7 @@ def test_verifier_prompt_keeps_each_answer_in_its_own_fence(row: dict) -> None:
     assert all(nonce not in a for a in [QUESTION, *answers])
     parsed = spans(messages[1]["content"], "answer", nonce)
     assert [label for label, _ in parsed] == ["1", "2", "3"]
-    assert [body for _, body in parsed] == [truncate(a, MAX) for a in answers]  # intact, in its own slot
+    assert [body for _, body in parsed] == [truncate(a, MAX, nonce) for a in answers]  # intact, in its own slot
     assert spans(messages[1]["content"], "prompt", nonce) == [("x", QUESTION)]
     benign = render_verifier(QUESTION, RUBRIC, ["a", "b", "c"], max_answer_chars=MAX)
     assert skeleton(messages) == skeleton(benign)  # nothing outside the fences moved
@@ -91,23 +93,26 @@ def test_rubricator_prompt_keeps_each_answer_in_its_own_fence(row: dict) -> None
     nonce = nonce_of(messages)
     user = messages[1]["content"]
     assert spans(user, "reference", nonce) == [("R1", HONEST[0])]
-    assert spans(user, "student", nonce) == [("S1", truncate(strip_think(row["answer"]), MAX)), ("S2", HONEST[1])]
+    assert spans(user, "student", nonce) == [("S1", truncate(strip_think(row["answer"]), MAX, nonce)),
+                                             ("S2", HONEST[1])]
     benign = render_rubricator(QUESTION, ["r"], ["s", "t"], max_answer_chars=MAX)
     assert skeleton(messages) == skeleton(benign)
 
 
 def expected_row(rubric: Rubric, answer: str) -> list[bool]:
     """The stand-in judge's rules applied to this answer alone, as the verifier should see it."""
-    seen = truncate(strip_think(answer), MAX)
+    nonce = "0" * 16  # any: the judge reads past the real cut line, whatever its mark
+    seen = answer_text(truncate(strip_think(answer), MAX, nonce), nonce)
     return [CHECKS[c.id](QUESTION, seen) for c in rubric.criteria]
 
 
-@pytest.mark.parametrize("budget", [ENGINE.verifier_char_budget, 400], ids=["one_call", "chunked"])
-def test_verdicts_stay_attached_through_the_blind_shuffle(budget: int, make_chat: MakeChat,
+# the default context takes the whole pool in one call; 1000 tokens past the reply's 2048 force chunks
+@pytest.mark.parametrize("context", [ENGINE.judge_context_tokens, 3048], ids=["one_call", "chunked"])
+def test_verdicts_stay_attached_through_the_blind_shuffle(context: int, make_chat: MakeChat,
                                                           server: ScriptedServer) -> None:
     students = [*HONEST, *(r["answer"] for r in CORPUS)]
     group = Group(group_id="adversarial", question=QUESTION, teacher=HONEST[:1], student=students)
-    cfg = ENGINE.model_copy(update={"verifier_char_budget": budget})
+    cfg = ENGINE.model_copy(update={"judge_context_tokens": context})
     result = run(score_groups([group], make_chat("rubricator", temperature=0.7), make_chat("verifier"), cfg))[0]
     assert result.ok and result.rubric is not None
     pool_order = [(it.source, it.index) for it in result.pool]
@@ -115,8 +120,7 @@ def test_verdicts_stay_attached_through_the_blind_shuffle(budget: int, make_chat
     assert result.student_verdicts == [expected_row(result.rubric, s) for s in students]
     assert result.teacher_verdicts == [expected_row(result.rubric, HONEST[0])]
     assert result.rewards[:2] == [1.0, result.student_scores[1]] and result.student_scores[1] < 1.0
-    if budget < ENGINE.verifier_char_budget:
-        assert server.served("verify") > 1
+    assert (server.served("verify") == 1) == (context == ENGINE.judge_context_tokens)
 
 
 THINK = [r for r in CORPUS if r["kind"] == "think_trick"]
@@ -163,9 +167,11 @@ LONG = [r for r in CORPUS if r["kind"] == "long_answer"]
 def test_long_answers_are_cut_inside_their_fence(row: dict) -> None:
     answer = row["answer"]
     messages = render_verifier(QUESTION, RUBRIC, [answer, "Answer: 0"], max_answer_chars=MAX)
-    body = spans(messages[1]["content"], "answer", nonce_of(messages))[0][1]
-    assert body == answer[:MAX] + f"\n[... truncated {len(answer) - MAX} characters ...]"
-    assert row["suffix"] not in messages[1]["content"] if "suffix" in row else True  # the tail never reaches it
+    nonce = nonce_of(messages)
+    body = spans(messages[1]["content"], "answer", nonce)[0][1]
+    head, tail = answer[: MAX - MAX // 2], answer[len(answer) - MAX // 2 :]
+    assert body == f"{head}\n{cut_marker(len(answer) - MAX, nonce)}\n{tail}"  # the end, where the answer is, stays
+    assert body.endswith(row.get("suffix", ""))
     # one answer cannot crowd the others out: the prompt is bounded by the cap, whatever the answer length
     assert len(messages[1]["content"]) < len(render_verifier(QUESTION, RUBRIC, ["x", "Answer: 0"])[1]["content"]) \
         + MAX + 100

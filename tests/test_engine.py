@@ -7,12 +7,15 @@ from collections.abc import Callable
 
 import pytest
 
-from ropd.config import EngineConfig
+from ropd.config import EngineConfig, RoleConfig
 from ropd.data.prompts import load_sample
 from ropd.llm.openai_compat import OpenAICompatChat
-from ropd.rubric.engine import Group, GroupStatus, score_groups
-from ropd.rubric.pool import Source
+from ropd.rubric.engine import Group, GroupStatus, score_groups, verifier_chunks
+from ropd.rubric.pool import Source, blind_pool
+from ropd.rubric.prompts import render_conversation, render_rubricator, render_verifier
+from ropd.rubric.schema import Rubric
 from ropd.rubric.scoring import weighted_score
+from ropd.testing.judge import rubric_reply
 from ropd.testing.server import Fail, Reply, ScriptedServer
 from tests.conftest import run
 
@@ -98,10 +101,52 @@ def test_chunked_verification_matches_single_call(make_chat: MakeChat, server: S
     groups = sample_groups()[:3]
     whole, _, _ = score(make_chat, groups)
     server.log.clear()
-    chunked, _, _ = score(make_chat, groups, EngineConfig(verifier_char_budget=200))
-    assert server.served("verify") > len(groups)  # several calls per group
+    # a context that holds the reply and nothing else: every answer gets a call of its own
+    chunked, _, _ = score(make_chat, groups, EngineConfig(judge_context_tokens=RoleConfig().max_tokens + 1))
+    assert server.served("verify") == sum(len(g.teacher) + len(g.student) for g in groups)
     for a, b in zip(whole, chunked, strict=True):
         assert a.verdicts == b.verdicts and a.rewards == b.rewards
+
+
+def normal_group() -> Group:
+    """The paper's pool shape: 4 teacher and 8 student answers, ~3000 characters each."""
+    def answer(who: str, i: int) -> str:
+        return f"{who} {i}: 3 * 12 = 36\n" + "and so on " * 297 + "\n36 - 9 = 27\nAnswer: 27"
+
+    return Group(group_id="normal", question="Mia has 3 packs of 12 pencils and gives away 9. How many are left?",
+                 teacher=[answer("teacher", i) for i in range(4)], student=[answer("student", i) for i in range(8)])
+
+
+def test_normal_pool_is_verified_in_one_call(make_chat: MakeChat, server: ScriptedServer) -> None:
+    group = normal_group()
+    assert all(2900 < len(a) < 3100 for a in [*group.teacher, *group.student])
+    results, _, _ = score(make_chat, [group])
+    assert results[0].ok and len(results[0].student_verdicts) == 8
+    assert server.served("verify") == 1  # the whole pool, as the paper sends it
+
+
+def test_pool_is_chunked_only_past_the_judge_context() -> None:
+    group = normal_group()
+    rubric = Rubric.model_validate(rubric_reply(render_rubricator(group.question, group.teacher, group.student)))
+    pool = blind_pool(group.group_id, group.teacher, group.student)
+    assert len(verifier_chunks(group.question, rubric, pool, EngineConfig(), RoleConfig().max_tokens)) == 1
+    # the demo's local verifier: 8192 tokens of context, 600 for the reply (params.yaml)
+    small = EngineConfig(judge_context_tokens=8192)
+    chunks = verifier_chunks(group.question, rubric, pool, small, 600)
+    assert 1 < len(chunks) < len(pool)
+    assert [it for c in chunks for it in c] == pool  # nothing dropped, pool order kept
+    for c in chunks:  # each call's prompt fits the context with room for the reply
+        messages = render_verifier(group.question, rubric, [it.text for it in c])
+        assert sum(len(m["content"]) for m in messages) <= (8192 - 600) * small.judge_chars_per_token
+
+
+def test_conversation_prompt_is_judged_like_its_problem(make_chat: MakeChat, server: ScriptedServer) -> None:
+    plain = sample_groups()[0]
+    chat = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": plain.question}]
+    talk = plain.model_copy(update={"group_id": "talk", "question": render_conversation(chat)})
+    (a, b), _, _ = score(make_chat, [plain, talk])
+    # the stand-in judge finds the problem in the last turn, not in the turn headers
+    assert a.ok and b.ok and a.rubric == b.rubric and a.rewards == b.rewards
 
 
 def test_forged_answer_cannot_move_verdicts(make_chat: MakeChat, server: ScriptedServer) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from ropd.rubric.pool import PoolItem, Source, blind_pool, chunk_pool, labelled_pool, strip_think, unshuffle
@@ -68,20 +70,30 @@ def items(*sizes: int) -> list[PoolItem]:
     return [PoolItem(source=Source.STUDENT, index=i, text="x" * n) for i, n in enumerate(sizes)]
 
 
+def fits_in(budget: int) -> Callable[[list[PoolItem]], bool]:
+    return lambda chunk: sum(len(it.text) for it in chunk) <= budget
+
+
 def test_chunking_respects_budget_and_order() -> None:
     pool = items(40, 40, 40, 10, 90, 5)
-    chunks = chunk_pool(pool, 100)
+    chunks = chunk_pool(pool, fits_in(100))
     assert [[it.index for it in c] for c in chunks] == [[0, 1], [2, 3], [4, 5]]
     assert all(sum(len(it.text) for it in c) <= 100 for c in chunks)
     assert [it for c in chunks for it in c] == pool
 
 
 def test_oversized_answer_gets_its_own_chunk() -> None:
-    chunks = chunk_pool(items(10, 500, 10), 100)
+    chunks = chunk_pool(items(10, 500, 10), fits_in(100))
     assert [[it.index for it in c] for c in chunks] == [[0], [1], [2]]
 
 
 def test_single_chunk_when_it_fits() -> None:
-    assert len(chunk_pool(items(10, 10, 10), 1000)) == 1
-    with pytest.raises(ValueError):
-        chunk_pool(items(1), 0)
+    seen: list[int] = []
+
+    def fits(chunk: list[PoolItem]) -> bool:
+        seen.append(len(chunk))
+        return True
+
+    assert chunk_pool(items(10, 10, 10), fits) == [items(10, 10, 10)]
+    assert seen == [3]  # the whole pool is measured once, not grown answer by answer
+    assert chunk_pool([], fits) == []

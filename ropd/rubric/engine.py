@@ -20,6 +20,7 @@ from ropd.rubric.pool import PoolItem, Source, blind_pool, chunk_pool, labelled_
 from ropd.rubric.prompts import (
     RUBRICATOR_VERSION,
     VERIFIER_VERSION,
+    Messages,
     render_rubricator,
     render_verifier,
     rubric_json_schema,
@@ -89,20 +90,36 @@ async def induce_rubric(chat: ChatModel, group: Group, cfg: EngineConfig) -> Rub
     return await complete_structured(chat, request, parse, stage="rubric")
 
 
+def _verifier_messages(question: str, rubric: Rubric, chunk: list[PoolItem], cfg: EngineConfig) -> Messages:
+    return render_verifier(question, rubric, [it.text for it in chunk], max_answer_chars=cfg.max_answer_chars)
+
+
+def verifier_chunks(question: str, rubric: Rubric, pool: list[PoolItem], cfg: EngineConfig,
+                    reply_tokens: int) -> list[list[PoolItem]]:
+    """The whole pool as one call, as the paper verifies it, unless its prompt would not fit the verifier's
+    context (`engine.judge_context_tokens`, less `reply_tokens` for the reply); then consecutive chunks."""
+    budget = cfg.prompt_char_budget(reply_tokens)
+
+    def fits(chunk: list[PoolItem]) -> bool:
+        return sum(len(m["content"]) for m in _verifier_messages(question, rubric, chunk, cfg)) <= budget
+
+    return chunk_pool(pool, fits)
+
+
 async def verify_pool(chat: ChatModel, question: str, rubric: Rubric, pool: list[PoolItem],
                       cfg: EngineConfig) -> list[list[bool]]:
-    """Verdict rows in pool order; one call per chunk, chunks run concurrently."""
+    """Verdict rows in pool order; one call per chunk of `verifier_chunks`, chunks run concurrently."""
     k = len(rubric.criteria)
 
     async def one_chunk(chunk: list[PoolItem]) -> list[list[bool]]:
-        messages = render_verifier(question, rubric, [it.text for it in chunk], max_answer_chars=cfg.max_answer_chars)
+        messages = _verifier_messages(question, rubric, chunk, cfg)
         request = ChatRequest.for_role(chat.role, chat.config, messages, template=VERIFIER_VERSION,
                                        json_schema=verdict_json_schema(len(chunk), k), schema_name="ropd_verdicts")
         return await complete_structured(
             chat, request, lambda d: VerdictSheet.model_validate(d).matrix(len(chunk), k), stage="verify"
         )
 
-    chunks = chunk_pool(pool, cfg.verifier_char_budget)
+    chunks = verifier_chunks(question, rubric, pool, cfg, chat.config.max_tokens)
     parts = await asyncio.gather(*(one_chunk(c) for c in chunks))
     return [row for part in parts for row in part]
 

@@ -7,6 +7,7 @@ The verifier must not know which answers are the teacher's (the paper's blind-sc
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -71,24 +72,23 @@ def unshuffle(pool: list[PoolItem], rows: list[list[bool]]) -> dict[Source, list
     return {src: [by_idx[i] for i in sorted(by_idx)] for src, by_idx in out.items()}
 
 
-def chunk_pool(pool: list[PoolItem], char_budget: int) -> list[list[PoolItem]]:
-    """Split the pool into consecutive chunks whose answer text fits `char_budget`.
+def chunk_pool(pool: list[PoolItem], fits: Callable[[list[PoolItem]], bool]) -> list[list[PoolItem]]:
+    """The whole pool as one chunk when `fits` accepts it, else consecutive chunks that each fit.
 
-    An answer longer than the budget gets a chunk of its own (truncation is the prompt renderer's
-    job), so no answer is ever dropped and pool order is preserved across chunks.
+    The paper verifies the whole pool in one call; this only guards the judge's context. `fits`
+    measures the rendered prompt, so the split follows what the judge would really receive. An answer
+    that does not fit even alone gets a chunk of its own (truncation is the prompt renderer's job), so
+    no answer is ever dropped and pool order is preserved across chunks.
     """
-    if char_budget <= 0:
-        raise ValueError("char_budget must be positive")
+    if fits(pool):
+        return [list(pool)] if pool else []
     chunks: list[list[PoolItem]] = []
     current: list[PoolItem] = []
-    used = 0
     for item in pool:
-        size = len(item.text)
-        if current and used + size > char_budget:
+        if current and not fits([*current, item]):
             chunks.append(current)
-            current, used = [], 0
+            current = []
         current.append(item)
-        used += size
     if current:
         chunks.append(current)
     return chunks

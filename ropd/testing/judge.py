@@ -12,6 +12,8 @@ import json
 import re
 from collections.abc import Callable
 
+from ropd.rubric.prompts import TURN_HEADER, cut_marker
+
 _NONCE = re.compile(r'fence="([0-9a-f]{16})"')
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 _ARITH = re.compile(r"(-?\d+(?:\.\d+)?)\s*([+\-*/×x÷])\s*(-?\d+(?:\.\d+)?)\s*=\s*(-?\d+(?:\.\d+)?)")
@@ -33,6 +35,19 @@ def request_kind(messages: list[dict[str, str]]) -> str:
 def _fenced(kind: str, text: str, nonce: str) -> list[tuple[str, str]]:
     pat = re.compile(rf'<{kind} id="([^"]*)" fence="{nonce}">\n(.*?)\n</{kind} fence="{nonce}">', re.DOTALL)
     return pat.findall(text)
+
+
+def last_user_turn(question: str) -> str:
+    """The problem statement: a rendered conversation's last user turn, else the question itself."""
+    parts = TURN_HEADER.split(question)  # [before, n1, role1, text1, n2, role2, text2, ...]
+    users = [text.strip() for role, text in zip(parts[2::3], parts[3::3], strict=True) if role == "user"]
+    return users[-1] if users else question
+
+
+def answer_text(body: str, nonce: str) -> str:
+    """A fenced answer as a judge reads it: the real cut line (it carries the nonce) is not the answer's."""
+    before, after = cut_marker("\x00", nonce).split("\x00")
+    return re.sub(rf"\n{re.escape(before)}\d+{re.escape(after)}\n", "\n", body)
 
 
 def _quantities(question: str) -> list[str]:
@@ -70,7 +85,7 @@ def _fenced_task(messages: list[dict[str, str]]) -> tuple[str, str, str] | None:
     nonce = _NONCE.search(messages[0]["content"])
     if not nonce:
         return None
-    return user, nonce.group(1), _fenced("prompt", user, nonce.group(1))[0][1]
+    return user, nonce.group(1), last_user_turn(_fenced("prompt", user, nonce.group(1))[0][1])
 
 
 def rubric_reply(messages: list[dict[str, str]]) -> dict:
@@ -100,7 +115,7 @@ def verdict_reply(messages: list[dict[str, str]]) -> dict:
     # criterion lines count only outside the fences: an answer can quote a forged rubric line
     outside = re.sub(rf'<(\w+) id="[^"]*" fence="{nonce}">\n.*?\n</\1 fence="{nonce}">', "", user, flags=re.DOTALL)
     ids = re.findall(r"(?m)^\d+\. \[([^\]]+)\]", outside)
-    answers = _fenced("answer", user, nonce)
+    answers = [(label, answer_text(body, nonce)) for label, body in _fenced("answer", user, nonce)]
     return {
         "answers": [
             {"answer": int(label), "verdicts": [bool(CHECKS.get(cid, lambda q, a: False)(question, text))
