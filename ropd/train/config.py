@@ -25,8 +25,14 @@ class GRPOConfig(BaseModel):
     grad_clip: float = Field(default=1.0, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     micro_batch_size: int = Field(default=8, ge=1, description="sequences per forward/backward")
-    mini_batch_size: int | None = Field(default=None, ge=1, description="sequences per optimizer step; "
-                                        "None = one step per round")
+    mini_batch_prompts: int | None = Field(default=None, ge=1, description="prompts (whole groups) per optimizer "
+                                           "step; None = one step per round. Later steps of a round are "
+                                           "off-policy, so the ratio and clip act (paper: 32 prompts, 8 per step)")
+    dual_clip: float | None = Field(default=None, gt=1, description="dual-clip c for negative advantages: the "
+                                    "loss of a token is capped at -c·A; None = off (paper: 3)")
+    tis_cap: float | None = Field(default=None, gt=0, description="truncated importance sampling: weigh each "
+                                  "token by min(π_trainer/π_sampler, cap), detached; needs the sampler's log-probs; "
+                                  "None = off (paper: 2)")
     lora: LoraSettings | None = None
     seed: int = 0
 

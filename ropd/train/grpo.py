@@ -1,24 +1,29 @@
 """The GRPO update: clipped surrogate with separate ε_low/ε_high, token-mean loss, optional KL, masking.
 
-It runs under `accelerate`: one CPU process by default, several GPUs with `accelerate launch`. The
-old log-probabilities are computed for the whole round before the first optimizer step, so several
-mini-batches per round are handled by the importance ratio and clipping, as in the design.
+It runs under `accelerate`: one CPU process by default, several GPUs with `accelerate launch`. A
+round's rollouts are split into mini-batches of whole prompt groups, one optimizer step each. The old
+log-probabilities are computed for the whole round before the first step, so the later mini-batches
+are off-policy and the importance ratio, the clip and (optionally) dual-clip act, as in the paper's
+recipe. Optional truncated importance sampling (TIS) corrects for the sampler's log-probabilities
+differing from the trainer's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from safetensors import SafetensorError
 
 from ropd.io import atomic_dir
-from ropd.rollout.base import Rollout, encode_prompt
+from ropd.rollout.base import Rollout, check_logprobs, encode_prompt
 from ropd.train.advantages import group_advantages
 from ropd.train.config import GRPOConfig
 
@@ -39,8 +44,12 @@ class CheckpointError(RuntimeError):
 def build_samples(
     tokenizer: Any, prompts: dict[str, list[dict[str, str]]], rollouts: list[Rollout],
     rewards: dict[tuple[str, int], tuple[float | None, str]], *, scale_by_std: bool = False,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> list[TrainSample]:
-    """Rollouts + rewards (keyed by (prompt_id, sample_idx) → (reward, status)) → samples with advantages."""
+    """Rollouts + rewards (keyed by (prompt_id, sample_idx) → (reward, status)) → samples with advantages.
+
+    `chat_template_kwargs` must be the ones the sampler used, so the trainer scores the same prompt tokens.
+    """
     missing = [(r.prompt_id, r.sample_idx) for r in rollouts if (r.prompt_id, r.sample_idx) not in rewards]
     if missing:
         raise ValueError(f"no reward for {len(missing)} rollout(s), first: prompt {missing[0][0]} sample "
@@ -48,37 +57,73 @@ def build_samples(
     vals = [rewards[(r.prompt_id, r.sample_idx)] for r in rollouts]
     adv, mask = group_advantages([v[0] for v in vals], [r.prompt_id for r in rollouts],
                                  [v[1] == "ok" for v in vals], scale_by_std=scale_by_std)
-    encoded = {pid: encode_prompt(tokenizer, msgs) for pid, msgs in prompts.items()}
-    return [TrainSample(prompt_ids=encoded[r.prompt_id], completion_ids=r.token_ids, advantage=a, mask=m)
+    encoded = {pid: encode_prompt(tokenizer, msgs, chat_template_kwargs) for pid, msgs in prompts.items()}
+    return [TrainSample(prompt_id=r.prompt_id, prompt_ids=encoded[r.prompt_id], completion_ids=r.token_ids,
+                        advantage=a, mask=m, sampler_logprobs=r.logprobs)
             for r, a, m in zip(rollouts, adv, mask, strict=True)]
 
 
 class TrainSample(BaseModel):
-    """One rollout ready for the loss: prompt and completion token ids, advantage, and whether it counts."""
+    """One rollout ready for the loss: prompt and completion token ids, advantage, and whether it counts.
+
+    `prompt_id` names its group (mini-batches never split one); `sampler_logprobs`, one per completion
+    token, are what truncated importance sampling compares the trainer's log-probs with.
+    """
 
     model_config = ConfigDict(frozen=True)
 
+    prompt_id: str
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
     mask: bool = True
+    sampler_logprobs: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_logprob_per_token(self) -> TrainSample:
+        check_logprobs(self.sampler_logprobs, self.completion_ids, f"prompt {self.prompt_id}")
+        return self
+
+
+def prompt_mini_batches(samples: list[TrainSample], prompts_per_step: int | None) -> list[list[TrainSample]]:
+    """Whole groups, `prompts_per_step` prompts per optimizer step (None: one step), in first-seen order.
+
+    A group's advantages are relative to one another: a step that saw only part of a group would see
+    its winners without its losers.
+    """
+    groups: dict[str, list[TrainSample]] = defaultdict(list)
+    for s in samples:
+        groups[s.prompt_id].append(s)
+    chunks = list(groups.values())
+    size = prompts_per_step or max(len(chunks), 1)
+    return [[s for g in chunks[i : i + size] for s in g] for i in range(0, len(chunks), size)]
 
 
 def _pad_batch(samples: list[TrainSample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+completion; `loss_mask` marks completion tokens of unmasked samples."""
+    """Right-padded prompt+completion; `loss_mask` marks completion tokens of unmasked samples.
+
+    `sampler_logp` (when every sample has sampler log-probs) sits at the same positions as
+    `token_logprobs`' output: completion token k of a sample at position len(prompt) + k.
+    """
     seqs = [s.prompt_ids + s.completion_ids for s in samples]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     loss_mask = torch.zeros((len(seqs), width), dtype=torch.float32)
+    with_sampler = all(s.sampler_logprobs is not None for s in samples)
+    sampler_logp = torch.zeros((len(seqs), width), dtype=torch.float32)
     for i, (s, seq) in enumerate(zip(samples, seqs, strict=True)):
         ids[i, : len(seq)] = torch.tensor(seq)
         attn[i, : len(seq)] = 1
         if s.mask:
             loss_mask[i, len(s.prompt_ids) : len(seq)] = 1.0
+        if with_sampler:
+            sampler_logp[i, len(s.prompt_ids) : len(seq)] = torch.tensor(s.sampler_logprobs)
     adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": loss_mask.to(device),
-            "advantages": adv.to(device)}
+    batch = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask, "advantages": adv}
+    if with_sampler:
+        batch["sampler_logp"] = sampler_logp
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -97,15 +142,30 @@ def surrogate_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Σ over unmasked completion tokens of the clipped objective, divided by `n_tokens` (token mean).
 
-    Dividing by the step's total token count (not per micro-batch) makes micro-batching and gradient
-    accumulation give the same gradient as one big batch.
+    Per token, with r = π/π_old and advantage A: max(−r·A, −clip(r)·A). With `dual_clip` c and A < 0
+    the loss is also capped at −c·A, so a token whose ratio ran far past the trust region on the wrong
+    side cannot dominate the step (verl's dual-clip PPO). With `tis_cap` it is multiplied by
+    min(π_old/π_sampler, cap), detached: truncated importance sampling between the sampler's and the
+    trainer's log-probs (batch["sampler_logp"]). Dividing by the step's total token count (not per
+    micro-batch) makes micro-batching and gradient accumulation give the same gradient as one big batch.
+    Stats are sums over unmasked tokens (and `ratio_max`), for the caller to turn into fractions.
     """
     mask = batch["loss_mask"]
+    live = mask > 0
     adv = batch["advantages"].unsqueeze(1)
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
-    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    per_token = torch.maximum(-ratio * adv, -clipped * adv)
+    if cfg.dual_clip is not None:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -cfg.dual_clip * adv), per_token)
     stats: dict[str, float] = {}
+    if cfg.tis_cap is not None:
+        # verl's token-level TIS: exp of the log-ratio clamped to ±20 for safety, then truncated at the cap.
+        raw = torch.exp(torch.clamp(old_logp.detach() - batch["sampler_logp"], -20.0, 20.0))
+        weight = raw.clamp(max=cfg.tis_cap)
+        per_token = per_token * weight
+        stats["tis_weight_sum"] = float((weight * mask).sum())
+        stats["tis_truncated_sum"] = float((live & (raw > cfg.tis_cap)).sum())
     if ref_logp is not None and cfg.beta > 0:
         # k3 estimator of KL(π || π_ref): unbiased, non-negative.
         delta = ref_logp - logp
@@ -114,7 +174,14 @@ def surrogate_loss(
         stats["kl_sum"] = float((kl.detach() * mask).sum())
     loss = (per_token * mask).sum() / max(n_tokens, 1.0)
     with torch.no_grad():
-        stats["clip_sum"] = float((((ratio < 1 - cfg.eps_low) | (ratio > 1 + cfg.eps_high)).float() * mask).sum())
+        r = ratio.detach()
+        # Where each bound binds (its branch is taken and the gradient is zero), as verl counts them.
+        stats["clip_low_sum"] = float((live & (adv < 0) & (r < 1 - cfg.eps_low)).sum())
+        stats["clip_high_sum"] = float((live & (adv > 0) & (r > 1 + cfg.eps_high)).sum())
+        dual = cfg.dual_clip is not None
+        stats["clip_dual_sum"] = float((live & (adv < 0) & (r > cfg.dual_clip)).sum()) if dual else 0.0
+        stats["ratio_sum"] = float((r * mask).sum())
+        stats["ratio_max"] = float(r[live].max()) if bool(live.any()) else 0.0
     return loss, stats
 
 
@@ -158,22 +225,34 @@ class GRPOLearner:
         return out
 
     def train_round(self, samples: list[TrainSample]) -> dict[str, float]:
-        """One round: old log-probs first, then one optimizer step per mini-batch."""
+        """One round: old log-probs first, then one optimizer step per mini-batch of `mini_batch_prompts` groups.
+
+        Masked samples are dropped before the split, so they count towards neither a step's prompts
+        nor its token mean. Fractions in the metrics are over the round's unmasked completion tokens.
+        """
         live = [s for s in samples if s.mask]
         metrics = {"samples": float(len(samples)), "masked_samples": float(len(samples) - len(live)),
-                   "steps": 0.0, "loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "tokens": 0.0}
+                   "steps": 0.0, "loss": 0.0, "grad_norm": 0.0, "tokens": 0.0, "clip_frac": 0.0,
+                   "clip_low_frac": 0.0, "clip_high_frac": 0.0, "clip_dual_frac": 0.0, "ratio_mean": 0.0,
+                   "ratio_max": 0.0, "tis_truncated_frac": 0.0}
+        if self.cfg.tis_cap is not None:
+            metrics["tis_weight_mean"] = 0.0
         if not live:
             return metrics  # nothing to learn from: no step, optimizer state untouched
-        size = self.cfg.mini_batch_size or len(live)
+        bare = next((s for s in live if s.sampler_logprobs is None), None)
+        if self.cfg.tis_cap is not None and bare is not None:
+            raise ValueError(f"grpo.tis_cap is set, but a rollout of prompt {bare.prompt_id!r} has no sampler "
+                             "log-probs: sample it again with a sampler that records them")
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        minis = [live[i : i + size] for i in range(0, len(live), size)]
+        minis = prompt_mini_batches(live, self.cfg.mini_batch_prompts)
         # Old log-probs of every later mini-batch must come from the round's starting weights; the
         # first mini-batch's are the current ones, so its forward pass doubles as the old pass.
         olds = [None] + [self._logprobs(self.model, m[rank::world]) for m in minis[1:]]
-        clip_total = 0.0
+        totals: dict[str, float] = defaultdict(float)
         for mini, old in zip(minis, olds, strict=True):
             n_tokens = float(sum(len(s.completion_ids) for s in mini))
             shard = mini[rank::world]
+            totals["shard_tokens"] += float(sum(len(s.completion_ids) for s in shard))
             ref = self._logprobs(self.ref_model, shard) if self.ref_model is not None else None
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
@@ -187,7 +266,9 @@ class GRPOLearner:
                                              ref[j] if ref is not None else None)
                 self.accelerator.backward(loss)
                 loss_total += float(loss.detach())
-                clip_total += stats["clip_sum"]
+                metrics["ratio_max"] = max(metrics["ratio_max"], stats.pop("ratio_max"))
+                for key, value in stats.items():
+                    totals[key] += value
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
             self.step += 1
@@ -196,7 +277,13 @@ class GRPOLearner:
             metrics["grad_norm"] = float(grad_norm)
             metrics["tokens"] += n_tokens
         metrics["loss"] /= max(metrics["steps"], 1)
-        metrics["clip_frac"] = clip_total / max(metrics["tokens"], 1.0)
+        per_token = {"clip_low_frac": "clip_low_sum", "clip_high_frac": "clip_high_sum",
+                     "clip_dual_frac": "clip_dual_sum", "ratio_mean": "ratio_sum",
+                     "tis_truncated_frac": "tis_truncated_sum", "tis_weight_mean": "tis_weight_sum"}
+        for name, key in per_token.items():
+            if name in metrics:
+                metrics[name] = totals[key] / max(totals["shard_tokens"], 1.0)  # this process's tokens
+        metrics["clip_frac"] = metrics["clip_low_frac"] + metrics["clip_high_frac"]
         return metrics
 
     # -- checkpoints -----------------------------------------------------------------------
