@@ -65,7 +65,8 @@ def test_exact_duplicates_merge_keeping_the_higher_weight(tmp_path: Path) -> Non
     r = rubric(("Gives the final answer.", 2), *[(t, p) for _, t, p in GOOD_TEXTS[:3]],
                ("  gives the FINAL answer!! ", 4))
     metrics, clean, merges = qa(tmp_path, r)
-    assert metrics["dedup"] == {"threshold": 0.92, "merges": 1, "exact": 1, "near": 0, "rubrics_merged": 1}
+    assert metrics["dedup"] == {"mode": "near", "threshold": 0.92, "merges": 1, "exact": 1, "near": 0,
+                                "rubrics_merged": 1, "points_removed": 2, "points_removed_by_group": {"p": 2}}
     m = merges.iloc[0]
     assert (m["kind"], m["kept_criterion_id"], m["kept_points"], m["dropped_criterion_id"]) == ("exact", "c5", 4, "c1")
     merged = Rubric.model_validate_json(clean["rubric_json"])
@@ -88,6 +89,23 @@ def test_near_duplicates_merge_by_embedding(tmp_path: Path) -> None:
     # A stricter threshold than this pair's cosine keeps both.
     rdir = tmp_path / "run" / "round_000"
     assert run_qa(rdir, REF, QAConfig(near_dup_threshold=0.99))["dedup"]["merges"] == 0
+
+
+@pytest.mark.parametrize("mode, merges", [("none", 0), ("exact", 1), ("near", 2)])
+def test_merge_switch(tmp_path: Path, mode: str, merges: int) -> None:
+    """`qa.merge` picks what is merged; with none the rubric verification sees is the mined one, unchanged."""
+    r = rubric(("Gives the final answer.", 2), *[(t, p) for _, t, p in GOOD_TEXTS[:3]], ("gives the FINAL answer", 4),
+               ("Multiplies the number of packs by the pencils per pack", 2),
+               ("Multiplies the pack count by the number of pencils in each pack", 3))
+    rdir = mine(tmp_path, {"p": r})
+    d = run_qa(rdir, REF, QAConfig(merge=mode))["dedup"]
+    clean = pd.read_parquet(rdir / "rubrics_clean.parquet").iloc[0]
+    assert (d["mode"], d["merges"]) == (mode, merges)
+    assert d["points_removed"] == {"none": 0, "exact": 2, "near": 4}[mode]
+    assert d["points_removed_by_group"] == ({} if mode == "none" else {"p": d["points_removed"]})
+    assert (clean["rubric_json"] == r.model_dump_json()) == (mode == "none")
+    if mode == "none":
+        assert clean["rubric_id"] == rubric_id(r) and len(pd.read_parquet(rdir / "merges.parquet")) == 0
 
 
 def test_merging_below_the_minimum_marks_the_rubric_degenerate(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import pandas as pd
@@ -35,8 +35,12 @@ NORM_SQL = r"trim(regexp_replace(regexp_replace(lower(text), '[^\p{L}\p{N} ]', '
 class QAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    merge: Literal["none", "exact", "near"] = Field("near", description="which duplicate criteria of a rubric are "
+                                                  "merged before verification (weights change): none = the mined "
+                                                  "rubric is verified as written (the official recipe), exact = "
+                                                  "same text once normalised, near = also MiniLM near-duplicates")
     near_dup_threshold: float = Field(0.92, gt=0.0, le=1.0, description="MiniLM cosine at or above which two "
-                                      "criteria of one rubric are duplicates")
+                                      "criteria of one rubric are duplicates (merge: near)")
     min_criteria: int = Field(MIN_CRITERIA, ge=MIN_CRITERIA, le=MAX_CRITERIA,
                               description="a rubric left with fewer after merging is flagged and degenerate")
     max_heavy: int = Field(2, ge=0, description="criteria at 4–5 points above which a rubric is flagged")
@@ -63,8 +67,8 @@ def dedup_and_flag(con: duckdb.DuckDBPyConnection, cfg: QAConfig) -> tuple[pd.Da
           SELECT a.rk, a.position AS pos_a, a.points AS pts_a, b.position AS pos_b, b.points AS pts_b,
                  a.norm = b.norm AS exact, array_cosine_similarity(a.emb, b.emb) AS sim
           FROM c a JOIN c b ON a.rk = b.rk AND a.position < b.position)
-        SELECT * FROM p WHERE exact OR sim >= $t ORDER BY rk, pos_a, pos_b""",
-                        {"t": cfg.near_dup_threshold}).df()
+        SELECT * FROM p WHERE $mode != 'none' AND (exact OR ($mode = 'near' AND sim >= $t))
+        ORDER BY rk, pos_a, pos_b""", {"t": cfg.near_dup_threshold, "mode": cfg.merge}).df()
     merges = resolve_merges(pairs)
     con.register("_resolved", merges)
     con.execute("CREATE OR REPLACE TEMP TABLE merge_plan AS SELECT * FROM _resolved")
@@ -256,6 +260,10 @@ def _qa_metrics(con: duckdb.DuckDBPyConnection, merges: pd.DataFrame, run_id: st
         f"SELECT count(*), count(*) FILTER (WHERE len(flags) > 0), count(*) FILTER (WHERE degenerate), {counts} "
         "FROM out_rubrics JOIN flags USING (rk)").fetchone()  # type: ignore[misc]
     n_in, n_out = con.execute("SELECT (SELECT count(*) FROM crit), (SELECT count(*) FROM clean)").fetchone()  # type: ignore[misc]
+    # Points each merge took out of its rubric's total: the weight shift verification sees.
+    removed = dict(con.execute("""SELECT r.group_id, sum(c.points)::INTEGER FROM merge_plan m
+                                  JOIN crit c ON c.rk = m.rk AND c.position = m.dropped_position
+                                  JOIN rub r ON r.rk = m.rk GROUP BY 1 ORDER BY 1""").fetchall())
     return {
         "run_id": run_id,
         "round": rnd,
@@ -264,9 +272,10 @@ def _qa_metrics(con: duckdb.DuckDBPyConnection, merges: pd.DataFrame, run_id: st
         "criteria_out": n_out,
         "validation": {"groups": n_rubrics + n_failed, "failed": n_failed,
                        "failure_rate": _rate(n_failed, n_rubrics + n_failed), "by_type": failures},
-        "dedup": {"threshold": cfg.near_dup_threshold, "merges": len(merges),
+        "dedup": {"mode": cfg.merge, "threshold": cfg.near_dup_threshold, "merges": len(merges),
                   "exact": int((merges["kind"] == "exact").sum()), "near": int((merges["kind"] == "near").sum()),
-                  "rubrics_merged": int(merges["rk"].nunique())},
+                  "rubrics_merged": int(merges["rk"].nunique()),
+                  "points_removed": sum(removed.values()), "points_removed_by_group": removed},
         "flags": {**dict(zip(FLAGS, per_flag, strict=True)), "flagged_rubrics": flagged,
                   "flagged_rate": _rate(flagged, n_rubrics)},
         "degenerate": degenerate,
@@ -287,8 +296,9 @@ def _qa_markdown(m: dict[str, Any], flagged: pd.DataFrame, merges: pd.DataFrame,
         f"# QA — run {_md(m['run_id'])}, round {m['round']}", "",
         f"- rubrics: {m['rubrics']} ({v['failed']} group(s) failed validation"
         + (": " + ", ".join(f"{k} {n}" for k, n in v["by_type"].items()) if v["by_type"] else "") + ")",
-        f"- criteria: {m['criteria_in']} in, {m['criteria_out']} out; {d['merges']} merge(s) "
-        f"({d['exact']} exact, {d['near']} near at cosine ≥ {d['threshold']}) in {d['rubrics_merged']} rubric(s)",
+        f"- criteria: {m['criteria_in']} in, {m['criteria_out']} out; merge mode {d['mode']}: {d['merges']} merge(s) "
+        f"({d['exact']} exact, {d['near']} near at cosine ≥ {d['threshold']}) in {d['rubrics_merged']} rubric(s), "
+        f"{d['points_removed']} point(s) removed",
         f"- flagged rubrics: {f['flagged_rubrics']}; degenerate (masked from verification): {m['degenerate']}",
         "", "| flag | rubrics |", "|---|---|", *(f"| {k} | {f[k]} |" for k in FLAGS),
     ]
