@@ -50,7 +50,8 @@ def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, wor
     models = work / "data" / "models"
     data.update({"runs_dir": str(work / "data" / "runs"), "models_dir": str(models),
                  "method": method, "rounds": [{"r": r, "next": r + 1} for r in range(preset["rounds"])]})
-    data["data"].update({"prompts_per_round": preset["prompts_per_round"]})
+    data["data"].update({"prompts_per_round": preset["prompts_per_round"],  # the sampled teacher answers the pool
+                         "pool_prompts": preset["prompts_per_round"] * preset["rounds"]})
     data["student"]["sampling"].update({"n": preset["n"], "max_new_tokens": preset["max_new_tokens"]})
     data["eval"] = {"n_prompts": preset["eval_prompts"], "k": preset["k"], "temperature": preset["eval_temperature"],
                     "max_new_tokens": preset["max_new_tokens"], "every": 1, "rubric_prompts": preset["rubric_prompts"]}

@@ -3,8 +3,9 @@
     python flows/distill.py [--params params.yaml]       # run once, locally
     python flows/deploy.py                                 # serve it as a deployment for the UI
 
-Tasks are cached across runs on the content hash of their input files and the params file, plus
-their source (`INPUTS + TASK_SOURCE`); a cached task whose outputs are gone or changed is rerun.
+Tasks are cached across runs on the content hash of their input files and of the params they read
+(the keys dvc.yaml lists for the stage), plus their source (`INPUTS + TASK_SOURCE`); a cached task
+whose outputs are gone or changed is rerun. So more rounds rerun only the new rounds.
 The judge stages retry, and carry the `llm-judge` tag for a UI-side concurrency limit on top of the
 in-process limiter (`limits.max_in_flight`). At the end the flow records the lineage with
 `dvc commit`, so `dvc status` agrees the pipeline is up to date.
@@ -28,7 +29,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from ropd.params import Params, load_params
-from ropd.pipeline.dag import content_hash, stage_io
+from ropd.pipeline.dag import content_hash, params_digest, stage_io
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.stages import ROUND_STAGES, SETUP_STAGES, RunPaths, run_stage
 
@@ -50,7 +51,7 @@ def final_task(name: str, params_file: str) -> None:
 
 def _run(params: Params, params_file: str, name: str, r: int | None = None) -> None:
     deps, outs = stage_io(params, name, r)
-    key = content_hash([Path(params_file), *deps])
+    key = f"{content_hash(deps)}-{params_digest(params, name)}"  # the params this stage reads, as DVC keys it
     opts = {"retries": 2, "retry_delay_seconds": 10, "tags": ["llm-judge"]} if name in LLM_STAGES else {}
     t = stage_task.with_options(**opts)
     got = t(name, r, params_file, key)

@@ -176,6 +176,54 @@ def eval_checkpoint(
 
 
 @app.command()
+def rounds(
+    n: Annotated[int, typer.Argument(min=1, help="how many rounds the run has in all")],
+    params: Annotated[Path, typer.Option(help="the params file to rewrite")] = Path("params.yaml"),
+) -> None:
+    """Set the number of rounds: rewrites the `rounds:` list (DVC needs one item per round), comments kept.
+
+    Raising it extends a run: `dvc repro`, the flow and `ropd run` then train only the new rounds."""
+    from ropd.presets import edit_params
+
+    with _pipeline_errors():
+        p = edit_params(params, [f"rounds={n}"])
+    console.print(f"{params}: {len(p.rounds)} rounds × {p.data.prompts_per_round} prompts")
+
+
+@app.command()
+def preset(
+    name: Annotated[str, typer.Argument(help="a shipped preset (paper) or a preset file")],
+    out: Annotated[Path, typer.Option(help="the params file to write")] = Path("params.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="dotted.key=value override, repeatable")] = None,
+    force: Annotated[bool, typer.Option(help="overwrite an existing params file")] = False,
+) -> None:
+    """Write a params file from a preset plus overrides, validated; `dvc repro` then runs it."""
+    from ropd.presets import load_preset
+
+    with _pipeline_errors():
+        text, p = load_preset(name, set_ or [])
+        if out.exists() and not force:
+            raise ValueError(f"{out} exists; pass --force to replace it (the demo params.yaml is in git)")
+        atomic_write_text(text, out)
+    console.print(f"{out}: preset {name}, method {p.method}, {len(p.rounds)} rounds × {p.data.prompts_per_round} "
+                  f"prompts × n={p.student.sampling.n}, student {p.student.model_path or 'packaged SmolLM2'}")
+
+
+@app.command("check-params")
+def check_params(
+    params: Annotated[Path, typer.Argument(help="a params file")] = Path("params.yaml"),
+) -> None:
+    """Validate a params file with the same model every stage uses; nothing runs."""
+    from ropd.params import load_params
+
+    with _pipeline_errors():
+        p = load_params(params)
+    roles = ", ".join(f"{r}={getattr(p, r).provider}:{getattr(p, r).model}" for r in ("rubricator", "verifier"))
+    console.print(f"{params}: valid. method {p.method}, {len(p.rounds)} rounds × {p.data.prompts_per_round} prompts, "
+                  f"teacher {p.teacher.role.provider}:{p.teacher.role.model}, {roles}")
+
+
+@app.command()
 def summary(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
     """Where a run's outputs are, its per-round figures, and how to open the report, the UI and the audit CLI."""
     from ropd.params import load_params

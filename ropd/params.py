@@ -7,10 +7,10 @@ structure (rounds) and its settings live in one place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ropd.config import EngineConfig, LimitsConfig, QualityGate, RoleConfig
 from ropd.rollout.base import SamplingParams
@@ -31,6 +31,9 @@ class DataParams(BaseModel):
     n_train: int = Field(default=512, ge=1, description="demo generator: training problems")
     n_eval: int = Field(default=128, ge=1, description="demo generator: held-out problems")
     prompts_per_round: int = Field(default=8, ge=1)
+    pool_prompts: int | None = Field(default=None, ge=1, description="training prompts the rounds draw from, "
+                                     "the first of the seeded shuffle; the teacher answers each once. null = every "
+                                     "prompt of the source. Rounds never change it, so a run extends without rerunning")
     seed: int = 0
 
 
@@ -47,6 +50,9 @@ class StudentParams(BaseModel):
     model_path: str | None = Field(default=None, description="initial policy; default: the prepared SmolLM2")
     device: str = "cpu"
     sampling: SamplingParams = SamplingParams(n=4, temperature=1.0, max_new_tokens=96, batch_size=8)
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the student's chat "
+                                                 "template wherever a prompt is encoded, e.g. {enable_thinking: "
+                                                 "false} for a Qwen3 student (the paper's setting)")
 
 
 class EvalParams(BaseModel):
@@ -110,6 +116,14 @@ class Params(BaseModel):
     lopd: LOPDSettings = LOPDSettings()
     teacher_sft: TeacherSFTParams = TeacherSFTParams()
 
+    @field_validator("rounds", mode="before")
+    @classmethod
+    def _rounds_list(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(f"rounds must be a list, one DVC foreach item per round: write it with "
+                             f"`ropd rounds {value}`")
+        return value
+
     @model_validator(mode="after")
     def _consecutive_rounds(self) -> Params:
         for i, item in enumerate(self.rounds):
@@ -157,7 +171,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def describe_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -184,4 +198,4 @@ def load_params(path: Path | str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path))) from exc
+        raise ConfigError(describe_errors(exc, str(path))) from exc

@@ -46,6 +46,8 @@ def write(tmp_path: Path, patch: dict) -> Path:
     ({"quality_gate.max_failed_share": 1.5}, r"quality_gate\.max_failed_share: .*less than or equal to 1"),
     ({"rounds": [{"r": 0, "next": 1}, {"r": 2, "next": 3}]}, r"rounds\[1\] must be \{r: 1, next: 2\}"),
     ({"student.sampling.temprature": 1.0}, r"unknown key 'student\.sampling\.temprature'; allowed here: .*temperature"),
+    ({"rounds": 50}, r"rounds: .*a list, one DVC foreach item per round: write it with `ropd rounds 50`"),
+    ({"qa.merge": "fuzzy"}, r"qa\.merge: Input should be 'none', 'exact' or 'near'"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, patch: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):

@@ -7,14 +7,17 @@ HTTP server on 127.0.0.1), which keeps the run to about a minute.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from ropd.testing.server import ScriptedServer
-from tests.tiny import dvc, make_project, project_env
+from tests.tiny import BIN, dvc, make_project, project_env
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def check_outputs(proj: Path) -> None:
 
 
 def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir: Path) -> None:
-    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent)
+    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent, {"data.pool_prompts": 4})
     dvc(proj, "repro")
     check_outputs(proj)
     assert "up to date" in dvc(proj, "status")
@@ -49,6 +52,23 @@ def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir
     assert "accuracy" in metrics and "mean_reward" in metrics
     dvc(proj, "plots", "show", "--out", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").is_file()
+    # Extend the finished run by one round: only the new round (and the summary) runs.
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    run = proj / "data" / "runs" / "tiny"
+    before = {f: f.stat().st_mtime_ns for f in [run / "prompts.parquet", run / "teacher.parquet",
+                                                *(run / "round_0").iterdir(), *(run / "checkpoints").rglob("*")]}
+    proc = subprocess.run([str(BIN / "ropd"), "rounds", "2"], cwd=proj, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = dvc(proj, "repro")
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {f"{s}@1" for s in ("rollout", "mine", "qa", "verify", "train", "evaluate")} | {"summarize",
+                                                                                                   "report"}, ran
+    after = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    assert {k: v for k, v in after.items() if k in lock and k not in ("summarize", "report")} == \
+        {k: v for k, v in lock.items() if k not in ("summarize", "report")}
+    assert {f: f.stat().st_mtime_ns for f in before} == before
+    assert len(pd.read_parquet(run / "round_1" / "rewards.parquet")) == 4
+    assert [row["round"] for row in json.loads((proj / "data" / "runs" / "tiny.history.json").read_text())] == [0, 1]
 
 
 def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, judge: ScriptedServer, smollm2_dir: Path,
@@ -69,3 +89,4 @@ def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, judge: Scri
     assert served_after_first > served
     distill("params.yaml")
     assert judge.served() == served_after_first
+

@@ -36,6 +36,8 @@ def tiny_params(base_url: str, models_dir: Path, overrides: dict | None = None) 
         for part in parents:
             node = node[part]
         node[leaf] = value
+    if "data.pool_prompts" not in (overrides or {}):  # the rounds' prompts: an LLM teacher answers the whole pool
+        data["data"]["pool_prompts"] = data["data"]["prompts_per_round"] * len(data["rounds"])
     return data
 
 

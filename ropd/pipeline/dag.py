@@ -7,6 +7,7 @@ the lineage is one graph whichever front-end ran it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from ropd.params import Params
@@ -44,6 +45,37 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
         "evaluate": ([p.checkpoint(r + 1), p.prompts, p.teacher], [rd / "eval.json"]),
     }
     return table[name]
+
+
+# The params each stage reads, as dvc.yaml's `params:` lists them (a key names its whole subtree). The
+# Prefect flow keys its cache on these values, not on the whole file, so that asking for more rounds
+# reruns only the new rounds under either front-end.
+STAGE_PARAMS: dict[str, list[str]] = {
+    "demo_data": ["data.seed", "data.n_train", "data.n_eval"],
+    "prepare": ["run_id", "data", "student.model_path", "eval.n_prompts"],
+    "teacher_sft": ["method", "teacher", "teacher_sft", "lopd.teacher_path", "data.source", "data.seed"],
+    "teacher": ["teacher", "eval.rubric_prompts"],
+    "rollout": ["method", "student", "data.seed"],
+    "mine": ["method", "rubricator", "engine", "shared_rubric"],
+    "qa": ["method", "qa"],
+    "verify": ["method", "verifier", "engine", "shared_rubric", "degenerate_rubrics"],
+    "train": ["method", "grpo", "quality_gate", "sft", "lopd"],
+    "evaluate": ["eval", "student", "rubricator", "verifier", "engine"],
+    "summarize": [],
+    "report": [],
+}
+
+
+def params_digest(params: Params, name: str) -> str:
+    """sha256 of the values of the params `name` reads (defaults filled in), in STAGE_PARAMS order."""
+    data = params.model_dump(mode="json")
+    picked = {}
+    for dotted in STAGE_PARAMS[name]:
+        node = data
+        for part in dotted.split("."):
+            node = node[part]
+        picked[dotted] = node
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
 
 
 def content_hash(paths: list[Path]) -> str:

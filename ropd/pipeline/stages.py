@@ -30,7 +30,7 @@ from ropd.llm.limits import CallLimiter
 from ropd.params import Params
 from ropd.pipeline.lock import run_lock
 from ropd.rubric.engine import Group, GroupResult, GroupStatus, JudgeFailure, induce_rubric, verify_group
-from ropd.rubric.prompts import RUBRICATOR_VERSION
+from ropd.rubric.prompts import RUBRICATOR_VERSION, render_conversation
 from ropd.rubric.schema import Rubric
 from ropd.rubric.tables import GroupMeta, rubric_frames, verdict_frames
 from ropd.teacher import TeacherIndex, TeacherPrompt, build_index, dataset_index, fingerprint
@@ -111,7 +111,12 @@ def _train_pool(params: Params) -> pd.DataFrame:
 
 
 def prepare(params: Params) -> None:
-    """Models prepared, the run's prompts chosen (which round uses which), and the round-0 policy."""
+    """Models prepared, the run's prompt schedule, and the round-0 policy.
+
+    The schedule is the seeded shuffle of the pool, cut into rounds of `prompts_per_round`: round r
+    takes the r-th slice whatever the number of rounds asked for, so extending a run changes neither
+    this file nor the teacher's answers, and only the new rounds run.
+    """
     from ropd.data.load import load_prompts
     from ropd.models import prepare_smollm2
 
@@ -121,11 +126,11 @@ def prepare(params: Params) -> None:
         train = _train_pool(params)  # the data first: a bad row is reported before any model work
         held = (_demo_split(params, "eval") if d.eval_source is None
                 else load_prompts(d.eval_source, "eval", seed=d.seed))
-        need = d.prompts_per_round * len(params.rounds)
-        if len(train) < need:
-            raise ValueError(f"data.source has {len(train)} prompts; {len(params.rounds)} rounds x "
-                             f"{d.prompts_per_round} prompts need {need}")
-        train = train.sample(frac=1.0, random_state=d.seed).head(need).reset_index(drop=True)
+        pool = min(len(train), d.pool_prompts or len(train))
+        slots = pool // d.prompts_per_round
+        if slots < len(params.rounds):
+            raise ValueError(_pool_too_small(params, pool))
+        train = train.sample(frac=1.0, random_state=d.seed).head(slots * d.prompts_per_round).reset_index(drop=True)
         train["round"] = train.index // d.prompts_per_round
         held = held.head(params.eval.n_prompts).assign(round=-1)
         base = Path(params.student.model_path) if params.student.model_path else prepare_smollm2(
@@ -136,6 +141,13 @@ def prepare(params: Params) -> None:
         atomic_write_parquet(pd.concat([train, held], ignore_index=True), paths.prompts)
         paths.checkpoint(0).parent.mkdir(parents=True, exist_ok=True)
         _link_tree(base, paths.checkpoint(0))
+
+
+def _pool_too_small(params: Params, pool: int) -> str:
+    d = params.data
+    return (f"The pool holds {pool} training prompts, {pool // d.prompts_per_round} rounds of {d.prompts_per_round}; "
+            f"{len(params.rounds)} rounds need {len(params.rounds) * d.prompts_per_round}. Raise data.pool_prompts "
+            "or use a larger data.source (either re-prepares the run).")
 
 
 def _prompts(paths: RunPaths) -> pd.DataFrame:
@@ -239,9 +251,10 @@ def rollout(params: Params, r: int) -> None:
         df = _prompts(paths)
         mine = df[df["round"] == r]
         if mine.empty:
-            raise ValueError(f"round {r}: no prompts assigned (params.rounds has {len(params.rounds)} rounds)")
+            pool = int((df["split"] == "train").sum())
+            raise ValueError(f"round {r}: no prompts assigned. {_pool_too_small(params, pool)}")
         model, tokenizer = load_policy(paths.checkpoint(r), params.student.device)
-        sampler = TransformersSampler(model, tokenizer, params.student.device)
+        sampler = TransformersSampler(model, tokenizer, params.student.device, params.student.chat_template_kwargs)
         sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
         rollouts = sampler.sample({row["prompt_id"]: _messages(row) for _, row in mine.iterrows()}, sampling)
         out = pd.DataFrame([{"run_id": params.run_id, "round": r, **ro.model_dump(),
@@ -250,10 +263,16 @@ def rollout(params: Params, r: int) -> None:
 
 
 # -- judging ---------------------------------------------------------------------------------------------
+def _judge_questions(prompts: pd.DataFrame) -> dict[str, str]:
+    """What the judges see of each prompt: the student's whole conversation (see `render_conversation`)."""
+    ids, chats = prompts["prompt_id"], prompts["messages"]
+    return {str(pid): render_conversation(json.loads(m)) for pid, m in zip(ids, chats, strict=True)}
+
+
 def _groups(params: Params, paths: RunPaths, r: int) -> list[tuple[GroupMeta, Group]]:
     """Groups of a round: one per prompt (shared rubric), or one per rollout (the paper's ablation)."""
     rollouts = pd.read_parquet(paths.round(r) / "rollouts.parquet").sort_values(["prompt_id", "sample_idx"])
-    questions = _prompts(paths).set_index("prompt_id")["question"]
+    questions = _judge_questions(_prompts(paths))
     index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params)))
     out = []
     for pid, g in rollouts.groupby("prompt_id", sort=True):
@@ -434,7 +453,8 @@ def train(params: Params, r: int) -> None:
                       f"{paths.checkpoint(r)} after fixing the judge (see {rd / 'rewards.parquet'}).")
             _json({"stopped": True, "reason": reason, "failed_share": failed_share}, rd / "stopped.json")
             raise QualityGateStop(reason)
-        rollouts = [Rollout.model_validate({k: row[k] for k in Rollout.model_fields})
+        # A table written before a field existed (e.g. `logprobs`) leaves it at its default.
+        rollouts = [Rollout.model_validate({k: row[k] for k in Rollout.model_fields if k in row})
                     for row in pd.read_parquet(rd / "rollouts.parquet").to_dict("records")]
         reward_map = {(str(x["prompt_id"]), int(x["sample_idx"])):
                       (None if pd.isna(x["reward"]) else float(x["reward"]), str(x["status"]))
@@ -443,8 +463,12 @@ def train(params: Params, r: int) -> None:
         prompts = _prompts(paths)
         chats = {row["prompt_id"]: _messages(row) for _, row in prompts[prompts["round"] == r].iterrows()}
         samples = build_samples(learner.tokenizer, chats, rollouts, reward_map,
-                                scale_by_std=params.grpo.scale_adv_by_std)
-        metrics = learner.train_round(samples)
+                                scale_by_std=params.grpo.scale_adv_by_std,
+                                chat_template_kwargs=params.student.chat_template_kwargs)
+        try:
+            metrics = learner.train_round(samples)
+        except ValueError as exc:  # e.g. grpo.tis_cap on rollouts without sampler log-probs: name the round
+            raise ValueError(f"round {r} ({rd / 'rollouts.parquet'}): {exc}") from exc
         learner.save(paths.checkpoint(r + 1))
         ok = rewards[rewards["status"] == "ok"]["reward"]
         _json({"round": r, "method": params.method, **metrics, "failed_share": failed_share,
@@ -500,7 +524,7 @@ def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
     e = params.eval
     sampling = params.student.sampling.model_copy(update={"n": e.k, "temperature": e.temperature,
                                                           "max_new_tokens": e.max_new_tokens, "seed": 10_000})
-    samples = TransformersSampler(model, tokenizer, params.student.device).sample(
+    samples = TransformersSampler(model, tokenizer, params.student.device, params.student.chat_template_kwargs).sample(
         {row["prompt_id"]: _messages(row) for _, row in held.iterrows()}, sampling)
     del model
     refs = {str(k): str(v) for k, v in held.set_index("prompt_id")["reference_answer"].items()}
@@ -508,8 +532,7 @@ def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
     if e.rubric_prompts and paths.teacher.is_file():
         index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params)))
         teacher = {pid: index.answers(pid) for pid in refs if index.has(pid)}
-    groups = eval_groups(samples, dict(zip(held["prompt_id"], held["question"], strict=True)), teacher,
-                         e.rubric_prompts)
+    groups = eval_groups(samples, _judge_questions(held), teacher, e.rubric_prompts)
     judged = []
     if groups:
         async def judge(rubricator: ChatModel, verifier: ChatModel) -> list[GroupResult]:
