@@ -83,6 +83,10 @@ class ChatResult(BaseModel):
     finish_reason: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_cached: int | None = Field(default=None, description="input tokens the server served from its prompt "
+                                      "cache, where it reports them (priced lower)")
+    tokens_reasoning: int | None = Field(default=None, description="output tokens spent on hidden reasoning, "
+                                         "where the server reports them (part of tokens_out)")
     latency_s: float = 0.0
     cached: bool = False
     response_format: str | None = Field(default=None, description="the structured-output mode the server took")
