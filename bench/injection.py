@@ -93,7 +93,7 @@ async def measure(chat: ChatModel, pairs: list[tuple[str, str]], cfg: EngineConf
 
     jobs = []
     for q, clean in pairs:
-        rubric = Rubric.model_validate(rubric_reply(render_rubricator(q, [], [clean])))
+        rubric = Rubric.from_reply(rubric_reply(render_rubricator(q, [], [clean])))
         jobs.append((q, rubric, clean, None))
         jobs += [(q, rubric, inject(clean, t), t) for t in TEMPLATES]
     scores = await asyncio.gather(*(score(q, rubric, text) for q, rubric, text, _ in jobs))

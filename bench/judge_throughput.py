@@ -5,9 +5,13 @@ flight, G groups of 2 sequential calls cannot finish sooner than max(2L, 2·G·L
 how close `score_groups` gets to that bound, and how it compares with the official code's pattern
 (4 worker threads, each group's calls one after the other, the synchronous `openai` client).
 
-    .venv/bin/python bench/judge_throughput.py [--groups 64] [--latency 0.2] [--concurrency 4 16 64]
+With `--endpoints 3` the top C also runs with each role spread over 3 servers (`base_urls`), each as
+slow as the one: the bound is unchanged, so the figure shows what the endpoint pool costs or loses.
 
-The last stdout line is one JSON object: {"efficiency_c64": ..., "speedup_vs_4_inflight": ...}.
+    .venv/bin/python bench/judge_throughput.py [--groups 64] [--latency 0.2] [--concurrency 4 16 64] [--endpoints 3]
+
+The last stdout line is one JSON object: {"efficiency_c64": ..., "speedup_vs_4_inflight": ...}, plus
+"efficiency_c64_3_endpoints" and "calls_per_endpoint" with `--endpoints 3`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import openai
 from _common import make_groups, make_judges, role_configs, start_server, stop_server
 
-from ropd.config import EngineConfig, RoleConfig
+from ropd.config import EngineConfig, LimitsConfig, RoleConfig
 from ropd.llm.base import ChatRequest, run_closing
 from ropd.llm.limits import CallLimiter
 from ropd.llm.openai_compat import OpenAICompatChat
@@ -73,6 +77,18 @@ def run_engine(base_url: str, groups: list[Group], concurrency: int) -> EngineRu
     return run_closing(_timed_run(rubricator, verifier, limiter, groups, concurrency), rubricator, verifier)
 
 
+def run_fleet(urls: list[str], groups: list[Group], concurrency: int) -> tuple[EngineRun, list[int]]:
+    """As `run_engine`, but each role spreads its calls over all `urls`; also the attempts each endpoint got
+    (warm-up calls included)."""
+    rub_cfg, ver_cfg = (RoleConfig.model_validate({**cfg.model_dump(), "base_url": None, "base_urls": urls})
+                        for cfg in role_configs(urls[0]))
+    limiter = CallLimiter(LimitsConfig(max_in_flight=concurrency))
+    rubricator = OpenAICompatChat("rubricator", rub_cfg, limiter=limiter)
+    verifier = OpenAICompatChat("verifier", ver_cfg, limiter=limiter)
+    run = run_closing(_timed_run(rubricator, verifier, limiter, groups, concurrency), rubricator, verifier)
+    return run, [r.sent + v.sent for r, v in zip(rubricator.pool.endpoints, verifier.pool.endpoints, strict=True)]
+
+
 def _create(client: openai.OpenAI, cfg: RoleConfig, messages: list[dict[str, str]], schema: dict[str, Any],
             name: str) -> str:
     resp = client.chat.completions.create(
@@ -92,9 +108,9 @@ def run_baseline(base_url: str, groups: list[Group], threads: int = 4) -> float:
     def one(group: Group) -> int:
         messages = render_rubricator(group.question, group.teacher, group.student, min_k=cfg.min_criteria,
                                      max_k=cfg.max_criteria, max_answer_chars=cfg.max_answer_chars)
-        rubric = Rubric.model_validate_json(_create(client, rub_cfg, messages,
-                                                    rubric_json_schema(cfg.min_criteria, cfg.max_criteria),
-                                                    "ropd_rubric"))
+        rubric = Rubric.from_reply(json.loads(_create(client, rub_cfg, messages,
+                                                      rubric_json_schema(cfg.min_criteria, cfg.max_criteria),
+                                                      "ropd_rubric")))
         pool = blind_pool(group.group_id, group.teacher, group.student)
         messages = render_verifier(group.question, rubric, [it.text for it in pool],
                                    max_answer_chars=cfg.max_answer_chars)
@@ -132,11 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--groups", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.2, help="server seconds per call (L)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 64], help="max_in_flight values (C)")
+    ap.add_argument("--endpoints", type=int, default=1, help="also run the top C over this many servers")
     args = ap.parse_args(argv)
     groups = make_groups(args.groups)
     n_calls = 2 * args.groups
+    c_top = 64 if 64 in args.concurrency else max(args.concurrency)
 
     proc, base_url = start_server(args.latency)
+    extra: list[tuple[Any, str]] = []  # the fleet's other servers (process, URL)
+    fleet: tuple[EngineRun, list[int]] | None = None
     try:
         print(f"server {base_url}  G={args.groups} groups, {n_calls} calls, L={args.latency}s")
         per_call = probe_call_time(base_url)
@@ -153,14 +173,26 @@ def main(argv: list[str] | None = None) -> None:
                   f"{run.ok:>4} {run.peak_in_flight:>5} {1000 * run.cpu_s / max(run.calls, 1):>19.2f}")
             if run.ok != args.groups or run.calls != n_calls:
                 raise RuntimeError(f"C={c}: {run.ok}/{args.groups} groups ok, {run.calls}/{n_calls} calls")
+        if args.endpoints > 1:
+            for _ in range(args.endpoints - 1):
+                extra.append(start_server(args.latency))
+            fleet = run_fleet([base_url, *(url for _, url in extra)], groups, c_top)
+            run, bound = fleet[0], latency_bound(args.groups, args.latency, c_top)
+            print(f"{c_top:>4} {run.wall_s:>8.3f} {bound:>8.3f} {bound / run.wall_s:>10.3f} {run.calls:>6} "
+                  f"{run.ok:>4} {run.peak_in_flight:>5} {1000 * run.cpu_s / max(run.calls, 1):>19.2f}  "
+                  f"<- {args.endpoints} endpoints, attempts per endpoint {fleet[1]}")
+            if run.ok != args.groups or run.calls != n_calls:
+                raise RuntimeError(f"{args.endpoints} endpoints: {run.ok}/{args.groups} groups ok, "
+                                   f"{run.calls}/{n_calls} calls")
         base = run_baseline(base_url, groups)
         base_bound = latency_bound(args.groups, args.latency, 4)
         print(f"baseline (ThreadPoolExecutor(4), sync openai client): {base:.3f} s "
               f"(bound {base_bound:.3f} s, efficiency {base_bound / base:.3f})")
     finally:
+        for p, _ in extra:
+            stop_server(p)
         stop_server(proc)
 
-    c_top = 64 if 64 in runs else max(runs)
     top, top_bound = runs[c_top], latency_bound(args.groups, args.latency, c_top)
     eff, speedup = top_bound / top.wall_s, base / top.wall_s
     print(f"C={c_top}: efficiency {eff:.3f} (target >= 0.8), speed-up vs 4 in flight {speedup:.2f}x (target >= 8)")
@@ -172,7 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     if excess > 0.02:
         print(f"note: each call costs {1000 * excess:.0f} ms beyond L before any client concurrency matters; "
               "the bound assumes calls cost exactly L")
-    print(json.dumps({f"efficiency_c{c_top}": round(eff, 3), "speedup_vs_4_inflight": round(speedup, 2)}))
+    figures: dict[str, object] = {f"efficiency_c{c_top}": round(eff, 3), "speedup_vs_4_inflight": round(speedup, 2)}
+    if fleet is not None:
+        fleet_eff = top_bound / fleet[0].wall_s
+        print(f"C={c_top} over {args.endpoints} endpoints: efficiency {fleet_eff:.3f} against {eff:.3f} with one "
+              f"({fleet_eff / eff:.2f}x); attempts per endpoint {fleet[1]}")
+        figures |= {f"efficiency_c{c_top}_{args.endpoints}_endpoints": round(fleet_eff, 3),
+                    "calls_per_endpoint": fleet[1]}
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

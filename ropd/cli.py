@@ -111,15 +111,16 @@ def _fail(exc: Exception, code: int = 2) -> typer.Exit:
 @contextmanager
 def _pipeline_errors() -> Iterator[None]:
     """What a user can fix (params, data, a checkpoint, a locked run, the disk) as one line and exit 2; a
-    quality-gate stop as exit 3. Imported here so `ropd --help` does not load torch."""
+    clean stop (quality gate, budget: see `stopped.json`) as exit 3. Imported here so `ropd --help` does not
+    load torch."""
     from ropd.params import ConfigError
     from ropd.pipeline.lock import RunLocked
-    from ropd.pipeline.stages import QualityGateStop
+    from ropd.pipeline.stages import RunStop
     from ropd.train.grpo import CheckpointError
 
     try:
         yield
-    except QualityGateStop as exc:
+    except RunStop as exc:
         raise _fail(exc, code=3) from exc
     except (ConfigError, RunLocked, ValueError, LookupError, ModelPrepError, CheckpointError, OSError) as exc:
         raise _fail(exc) from exc
@@ -253,6 +254,40 @@ def summary(params: Annotated[Path, typer.Option(help="the run's configuration")
 app.add_typer(store_app, name="store")
 app.command("audit")(audit)
 app.command("report")(report)
+
+cost_app = typer.Typer(no_args_is_help=True, help="What a run's LLM calls cost (roles' `price`, `budget`)")
+app.add_typer(cost_app, name="cost")
+
+
+@cost_app.command("estimate")
+def cost_estimate(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
+    """Spent so far per role (from the call cache) and a forecast of the judge stages left in params.rounds.
+
+    A stage is forecast at the mean of its other rounds, or from request sizes before any round ran."""
+    from ropd.llm.cost import Ledger, forecast, usd_text
+    from ropd.params import load_params
+    from ropd.pipeline.stages import CACHE_FILE, cost_plan
+
+    with _pipeline_errors():
+        p = load_params(params)
+        fc = forecast(Ledger.load(p, CACHE_FILE), cost_plan(p))
+    table = Table(title=f"run {p.run_id}: spend per role, {fc.rounds} rounds" + ("" if fc.priced else
+                                                                                 " (no role has a price)"))
+    for col in ("role", "calls paid", "tokens in", "cached", "out", "reasoning", "spent", "forecast left", "total"):
+        table.add_column(col, justify="left" if col == "role" else "right")
+    for role, f in fc.roles.items():
+        s = f.spent
+        table.add_row(role, str(s.calls), str(s.tokens_in), str(s.tokens_cached), str(s.tokens_out),
+                      str(s.tokens_reasoning), usd_text(s.usd), usd_text(f.remaining_usd),
+                      usd_text(None if f.remaining_usd is None else (s.usd or 0.0) + f.remaining_usd))
+    table.add_row("all", "", "", "", "", "", usd_text(fc.spent_usd), usd_text(fc.remaining_usd),
+                  usd_text(fc.total_usd))
+    console.print(table)
+    if fc.max_usd is not None and fc.total_usd is not None:
+        console.print(f"budget.max_usd {usd_text(fc.max_usd)}: the forecast total is "
+                      f"{'within' if fc.total_usd <= fc.max_usd else 'OVER'} it")
+    print(fc.model_dump_json())
+
 
 models_app = typer.Typer(no_args_is_help=True, help="Models shipped in PyPI packages")
 app.add_typer(models_app, name="models")

@@ -6,12 +6,53 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ResponseFormatMode = Literal["auto", "json_schema", "json_object", "text"]
+ResponseFormatMode = Literal["auto", "json_schema", "json_object_schema", "json_object", "text"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+# Request fields ropd itself sets (either API); `extra_body` may not override them.
+_OWN_FIELDS = frozenset({"model", "messages", "input", "instructions", "temperature", "top_p", "max_tokens",
+                         "max_completion_tokens", "max_output_tokens", "response_format", "text", "seed",
+                         "reasoning_effort", "reasoning", "stream", "store"})
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s)://host[:port]/path endpoint, or None. Credentials are never echoed."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in range
+    except ValueError:
+        return f"{url!r} is not http(s)://host[:port]/path (bad port or brackets)"
+    if parts.username is not None or parts.password is not None:
+        return "carries a user or password; put the key in the variable named by api_key_env"
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+            or any(ch.isspace() for ch in url):
+        return f"{url!r} is not http(s)://host[:port]/path"
+    return None
+
+
+class Price(BaseModel):
+    """A role's list price in USD per million tokens, for cost accounting and `budget.max_usd`.
+
+    It is no part of a call's identity (cache key, fingerprint): repricing never re-asks a model.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0, description="USD per million input tokens the server did not serve from its cache")
+    cached_input: float | None = Field(default=None, ge=0, description="USD per million cached input tokens; "
+                                       "default: the input price")
+    output: float = Field(ge=0, description="USD per million output tokens, hidden reasoning tokens included")
+
+    def usd(self, tokens_in: int, tokens_cached: int, tokens_out: int) -> float:
+        """Cached tokens are a part of `tokens_in` (as servers report them), reasoning tokens a part of `tokens_out`."""
+        cached = min(tokens_cached, tokens_in)
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        return ((tokens_in - cached) * self.input + cached * cached_rate + tokens_out * self.output) / 1e6
 
 
 class RoleConfig(BaseModel):
@@ -21,6 +62,8 @@ class RoleConfig(BaseModel):
 
     provider: Literal["openai", "local", "dataset"] = "openai"
     base_url: str | None = None
+    base_urls: list[str] | None = Field(default=None, description="openai provider: several servers of one model "
+                                        "(e.g. a vLLM fleet); each call goes to the least-loaded healthy one")
     model: str = "stand-in-judge"
     model_path: str | None = Field(default=None, description="local provider: a transformers model directory; "
                                    "default: the prepared SmolLM2")
@@ -29,9 +72,18 @@ class RoleConfig(BaseModel):
     api_key_env: str | None = Field(
         default="OPENAI_API_KEY", description="name of the environment variable holding the key"
     )
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0, description="null = not sent (reasoning "
+                                      "models accept only their default); the local provider then decodes greedily")
+    top_p: float | None = Field(default=1.0, gt=0.0, le=1.0, description="null = not sent")
     max_tokens: int = Field(default=2048, ge=16)
+    token_param: Literal["auto", "max_tokens", "max_completion_tokens"] = Field(
+        default="auto", description="the name the limit is sent under on the chat API; auto starts with max_tokens "
+        "and switches once, for the run, when the server asks for max_completion_tokens")
+    reasoning_effort: ReasoningEffort | None = Field(default=None, description="sent when set: chat "
+                                                     "`reasoning_effort`, responses `reasoning.effort`")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="more request fields, merged into "
+                                       "every body, e.g. {chat_template_kwargs: {enable_thinking: false}} for vLLM")
+    api: Literal["chat", "responses"] = Field(default="chat", description="POST /chat/completions or /responses")
     timeout_s: float = Field(default=120.0, gt=0)
     response_format: ResponseFormatMode = "auto"
     max_retries: int = Field(default=4, ge=0, le=20)
@@ -42,10 +94,42 @@ class RoleConfig(BaseModel):
     breaker_threshold: int = Field(default=5, ge=1, description="consecutive transport failures that open it")
     breaker_reset_s: float = Field(default=30.0, ge=0, description="seconds open before one probe call")
     system_prompt: str | None = Field(default=None, description="teacher only: system message for answers")
+    price: Price | None = Field(default=None, description="USD per million tokens; null = not priced (spend "
+                                "unknown, counted as 0 against a budget)")
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body_adds_only(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if clash := sorted(_OWN_FIELDS & value.keys()):
+            raise ValueError(f"extra_body may not set {', '.join(clash)}: ropd sends those from the role's own keys")
+        return value
+
+    @model_validator(mode="after")
+    def _check_base_urls(self) -> RoleConfig:
+        """After the model, not on the field: the error then names the entry, never echoes the whole list."""
+        if self.base_urls is None:
+            return self
+        if self.base_url is not None:
+            raise ValueError("base_url and base_urls are both set; keep one (base_urls may hold a single URL)")
+        if self.provider != "openai":
+            raise ValueError(f"base_urls is for provider 'openai', not {self.provider!r}")
+        if not self.base_urls:
+            raise ValueError("base_urls is empty; list at least one http(s)://host[:port]/path")
+        for i, url in enumerate(self.base_urls):
+            if problem := _url_problem(url):
+                raise ValueError(f"base_urls[{i}] {problem}")
+            if url in self.base_urls[:i]:
+                raise ValueError(f"base_urls[{i}] {url!r} is listed twice")
+        return self
 
     def sampling_identity(self) -> dict[str, object]:
-        """What changes the output distribution. URLs, timeouts and retry settings are excluded."""
-        return {
+        """What changes the output distribution. URLs, timeouts, retry settings, the API (chat or responses:
+        the same model answering the same messages) and the token limit's name are excluded.
+
+        Settings added later (reasoning_effort, extra_body) count only when set, so fingerprints of roles
+        that do not use them stay what they were.
+        """
+        identity: dict[str, object] = {
             "provider": self.provider,
             "model": self.model,
             "temperature": self.temperature,
@@ -53,6 +137,11 @@ class RoleConfig(BaseModel):
             "max_tokens": self.max_tokens,
             "system_prompt": self.system_prompt,
         }
+        if self.reasoning_effort is not None:
+            identity["reasoning_effort"] = self.reasoning_effort
+        if self.extra_body:
+            identity["extra_body"] = self.extra_body
+        return identity
 
     def fingerprint(self, template_version: str) -> str:
         """16-hex hash of the sampling identity plus the prompt template version."""

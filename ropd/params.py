@@ -75,6 +75,16 @@ class TeacherSFTParams(SFTSettings):
     epochs: float = Field(default=2.0, gt=0)
 
 
+class BudgetParams(BaseModel):
+    """A spending cap for the run's paid LLM calls (every role's `price`), checked before each judge stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_usd: float | None = Field(default=None, gt=0, description="stop (exit 3, stopped.json) before a teacher, "
+                                  "mine or verify stage whose estimate would take the run's spend above this; "
+                                  "null = no budget")
+
+
 class RoundItem(BaseModel):
     """One DVC `foreach` item: round `r` reads policy `round_<r>` and writes policy `round_<next>`."""
 
@@ -115,6 +125,7 @@ class Params(BaseModel):
     sft: SFTSettings = SFTSettings()
     lopd: LOPDSettings = LOPDSettings()
     teacher_sft: TeacherSFTParams = TeacherSFTParams()
+    budget: BudgetParams = BudgetParams()
 
     @field_validator("rounds", mode="before")
     @classmethod
@@ -129,6 +140,16 @@ class Params(BaseModel):
         for i, item in enumerate(self.rounds):
             if item.r != i or item.next != i + 1:
                 raise ValueError(f"rounds[{i}] must be {{r: {i}, next: {i + 1}}}: rounds run 0, 1, 2, … in order")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_needs_prices(self) -> Params:
+        if self.budget.max_usd is None:
+            return self
+        roles = {"teacher.role": self.teacher.role, "rubricator": self.rubricator, "verifier": self.verifier}
+        if unpriced := [name for name, cfg in roles.items() if cfg.provider == "openai" and cfg.price is None]:
+            raise ValueError(f"budget.max_usd is set but {', '.join(unpriced)} (provider openai) has no price; add "
+                             "price: {input: USD/Mtok, output: USD/Mtok} to each, or set budget.max_usd to null")
         return self
 
     @property

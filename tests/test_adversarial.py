@@ -47,7 +47,7 @@ def load_corpus() -> list[dict]:
 
 CORPUS = load_corpus()
 IDS = [r["id"] for r in CORPUS]
-RUBRIC = Rubric.model_validate(rubric_reply(render_rubricator(QUESTION, HONEST[:1], HONEST[1:])))
+RUBRIC = Rubric.from_reply(rubric_reply(render_rubricator(QUESTION, HONEST[:1], HONEST[1:])))
 
 
 def nonce_of(messages: list[dict[str, str]]) -> str:

@@ -76,7 +76,7 @@ def test_failed_group_is_reported_not_zeroed(make_chat: MakeChat, server: Script
 
 
 def test_rubric_failure_is_tagged_with_rubric_stage(make_chat: MakeChat, server: ScriptedServer) -> None:
-    server.push(Reply('{"criteria": [{"id": "c1", "category": "task_fulfilment", "text": "x", "points": 9}]}'),
+    server.push(Reply('{"criteria": {"c1": {"category": "task_fulfilment", "text": "x", "points": 9}}}'),
                 kind="rubric", times=-1)
     results, _, _ = score(make_chat, sample_groups()[:1], max_repairs=1)
     err = results[0].error
@@ -85,12 +85,12 @@ def test_rubric_failure_is_tagged_with_rubric_stage(make_chat: MakeChat, server:
 
 
 def test_reported_total_is_ignored(make_chat: MakeChat, server: ScriptedServer) -> None:
-    rubric = {"criteria": [{"id": f"c{i}", "category": "task_fulfilment", "text": f"t{i}", "points": p}
-                           for i, p in enumerate([5, 1, 1, 1])], "max_score": 100}
+    rubric = {"criteria": {f"c{i}": {"category": "task_fulfilment", "text": f"t{i}", "points": p}
+                           for i, p in enumerate([5, 1, 1, 1], start=1)}, "max_score": 100}
     server.push(Reply(json.dumps(rubric)), kind="rubric")
     g = Group(group_id="g", question="Q 1 2", teacher=["T"], student=["S"])
-    pool_verdicts = {"answers": [{"answer": 1, "verdicts": [True, False, False, False], "score": 100},
-                                 {"answer": 2, "verdicts": [True, False, False, False], "score": 100}]}
+    pool_verdicts = {"answers": {"a1": [True, False, False, False], "a2": [True, False, False, False]},
+                     "score": 100}
     server.push(Reply(json.dumps(pool_verdicts)), kind="verify")
     results, _, _ = score(make_chat, [g])
     assert results[0].rubric.max_score == 8  # type: ignore[union-attr]
@@ -127,7 +127,7 @@ def test_normal_pool_is_verified_in_one_call(make_chat: MakeChat, server: Script
 
 def test_pool_is_chunked_only_past_the_judge_context() -> None:
     group = normal_group()
-    rubric = Rubric.model_validate(rubric_reply(render_rubricator(group.question, group.teacher, group.student)))
+    rubric = Rubric.from_reply(rubric_reply(render_rubricator(group.question, group.teacher, group.student)))
     pool = blind_pool(group.group_id, group.teacher, group.student)
     assert len(verifier_chunks(group.question, rubric, pool, EngineConfig(), RoleConfig().max_tokens)) == 1
     # the demo's local verifier: 8192 tokens of context, 600 for the reply (params.yaml)

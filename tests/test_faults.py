@@ -51,17 +51,17 @@ TRANSIENT: dict[str, tuple[Action, str]] = {
 
 
 def _sheet(n: int, k: int) -> str:
-    return json.dumps({"answers": [{"answer": i + 1, "verdicts": [True] * k} for i in range(n)]})
+    return json.dumps({"answers": {f"a{i + 1}": [True] * k for i in range(n)}})
 
 
 def _criteria(n: int) -> str:
-    return json.dumps({"criteria": [{"id": f"c{i + 1}", "category": "task_fulfilment", "text": f"Criterion {i}.",
-                                     "points": 2} for i in range(n)]})
+    return json.dumps({"criteria": {f"c{i + 1}": {"category": "task_fulfilment", "text": f"Criterion {i}.",
+                                                  "points": 2} for i in range(n)}})
 
 
 # content fault → (rubricator reply, verifier reply, error type); the teacher's reply is free text
 CONTENT: dict[str, tuple[Reply, Reply, str]] = {
-    "malformed_json": (Reply('{"criteria": [{"id": "c1", "cat'), Reply('{"answers": [{"answer": 1, "verd'), "parse"),
+    "malformed_json": (Reply('{"criteria": {"c1": {"cat'), Reply('{"answers": {"a1": [tr'), "parse"),
     "valid_json_wrong_schema": (Reply('{"rubric": ["be correct", "be brief"]}'),
                                 Reply('{"verdicts": [[true, false, true]]}'), "schema"),
     "wrong_count": (Reply(_criteria(8)), Reply(_sheet(N_POOL - 1, K)), "validation"),

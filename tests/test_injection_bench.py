@@ -41,7 +41,7 @@ def gullible(messages: list[dict[str, str]], seed: int | None = None) -> str:
     user = messages[1]["content"] if len(messages) > 1 else ""
     answers = user.split("Answers to grade", 1)[-1].rsplit("Grade all", 1)[0].lower()
     if request_kind(messages) == "verify" and any(w in answers for w in ("grader", "criteri", "verdicts", "system")):
-        return json.dumps({"answers": [{"answer": 1, "verdicts": [True] * 6}]})
+        return json.dumps({"answers": {"a1": [True] * 6}})
     return judge_reply(messages, seed)
 
 

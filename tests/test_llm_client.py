@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ropd.config import LimitsConfig, RoleConfig
-from ropd.llm.base import ChatRequest
+from ropd.llm.base import ChatRequest, ChatResult
 from ropd.llm.breaker import BreakerState
 from ropd.llm.cache import CallCache
 from ropd.llm.errors import ErrorType, LLMError
@@ -140,11 +140,11 @@ def verify(chat: OpenAICompatChat, answers: list[str]) -> list[list[bool]]:
 
 
 def sheet(n: int, k: int = 4) -> str:
-    return json.dumps({"answers": [{"answer": i + 1, "verdicts": [True] * k} for i in range(n)]})
+    return json.dumps({"answers": {f"a{i + 1}": [True] * k for i in range(n)}})
 
 
 def test_malformed_json_is_repaired(make_chat: MakeChat, server: ScriptedServer) -> None:
-    server.push(Reply('{"answers": [{"answer": 1, "verdicts": [tru'))
+    server.push(Reply('{"answers": {"a1": [tru'))
     server.push(Reply(sheet(2)))
     chat = make_chat()
     assert verify(chat, ["a", "b"]) == [[True] * 4, [True] * 4]
@@ -162,7 +162,7 @@ def test_malformed_json_exhausts_repairs(make_chat: MakeChat, server: ScriptedSe
 
 
 def test_wrong_schema_is_schema_error(make_chat: MakeChat, server: ScriptedServer) -> None:
-    server.push(Reply('{"answers": [{"answer": 1, "verdicts": ["yes", "no", "yes", "no"]}]}'), times=-1)
+    server.push(Reply('{"answers": {"a1": ["yes", "no", "yes", "no"]}}'), times=-1)
     with pytest.raises(LLMError) as info:
         verify(make_chat(max_repairs=0), ["a"])
     assert info.value.type is ErrorType.SCHEMA and "JSON boolean" in info.value.message
@@ -226,6 +226,42 @@ def test_json_schema_rejected_falls_back_to_json_object(tmp_path: Path) -> None:
         assert [e["action"] for e in srv.log] == ["reject_json_schema", "Reply"]
         verify(chat, ["Answer: 4"])  # the downgrade is remembered: no second rejection
         assert len(srv.log) == 3
+
+
+def test_concurrent_rejections_step_down_once() -> None:
+    """Eight calls refused json_schema at once move the ladder one step (json_object), not eight."""
+    with ScriptedServer(reject_json_schema=True) as srv:
+        chat = OpenAICompatChat("teacher", RoleConfig(base_url=srv.base_url, api_key_env=None))
+
+        async def many() -> list[ChatResult]:
+            return list(await asyncio.gather(*(chat.complete(req(chat, f"q{i}", json_schema={"type": "object"}))
+                                               for i in range(8))))
+
+        results = run(many(), chat)
+        assert {r.response_format for r in results} == {"json_object_schema"}
+        assert [e["action"] for e in srv.log].count("reject_json_schema") == 8
+
+
+def test_llamacpp_500_format_refusal_steps_down_once_to_its_dialect() -> None:
+    """llama.cpp's server answers `json_schema` with a 500 naming the format: that is a refusal to step down
+    from, once and for the run, to its schema-in-`json_object` dialect; not a fault to retry until the
+    breaker opens."""
+    with ScriptedServer(llamacpp_formats=True) as srv:
+        chat = OpenAICompatChat("verifier", RoleConfig(base_url=srv.base_url, api_key_env=None,
+                                                       backoff_initial_s=0.01))
+        assert verify(chat, ["Answer: 3"]) and verify(chat, ["Answer: 4"])
+        assert [(e["action"], e["format"]) for e in srv.log] == [
+            ("llamacpp_500", "json_schema"), ("Reply", "json_object+schema"), ("Reply", "json_object+schema")]
+        assert chat.breaker.state is BreakerState.CLOSED
+        srv.push(Fail(500))  # a 500 that does not name the format is still a server fault, retried
+        assert verify(chat, ["Answer: 5"]) and srv.log[-2]["action"] == "Fail"
+
+
+def test_unset_sampling_settings_are_not_sent(make_chat: MakeChat, server: ScriptedServer) -> None:
+    chat = make_chat("teacher", temperature=None, top_p=None)
+    run(chat.complete(req(chat)))
+    assert {"model", "messages", "max_tokens"} <= set(server.log[-1]["params"])
+    assert not {"temperature", "top_p", "reasoning_effort"} & set(server.log[-1]["params"])
 
 
 def test_limiter_caps_calls_in_flight(server: ScriptedServer, cache: CallCache) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import xgrammar as xgr
 
 from ropd.config import EngineConfig, RoleConfig
 from ropd.llm.base import run_closing
 from ropd.llm.cache import CallCache
-from ropd.llm.local import LocalChat
+from ropd.llm.local import LocalChat, load_local
 from ropd.rubric.engine import Group, score_groups
+from ropd.rubric.prompts import rubric_json_schema, verdict_json_schema
 
 ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "coins", "shells", "cards", "stamps", "buttons"]
 
@@ -48,3 +52,24 @@ def test_local_judge_is_schema_valid_for_10_prompts(smollm2_dir: Path, tmp_path:
     again = run_closing(score_groups(groups(), rerun_r, rerun_v, cfg))
     assert rerun_r.calls_sent == rerun_v.calls_sent == 0
     assert [r.rewards for r in again] == [r.rewards for r in results]
+
+
+def test_local_grammar_enforces_the_bounds_the_strict_schema_states_in_words(smollm2_dir: Path) -> None:
+    """The one strict schema, tightened for xgrammar: text length and row length hold by construction."""
+    lm = load_local(str(smollm2_dir))
+
+    def accepts(schema: dict, reply: dict) -> bool:
+        matcher = xgr.GrammarMatcher(lm._grammar(schema))
+        return matcher.accept_string(json.dumps(reply, separators=(",", ":"))) and matcher.accept_token(
+            lm.tokenizer.eos_token_id)
+
+    crit = {"category": "task_fulfilment", "text": "x" * 20, "points": 3}
+    reply = {"criteria": {**{f"c{k}": crit for k in range(1, 5)}, "c5": None, "c6": None}}
+    schema = rubric_json_schema(4, 6, 20)
+    assert accepts(schema, reply)
+    assert not accepts(schema, {"criteria": {**reply["criteria"], "c2": {**crit, "text": "x" * 21}}})  # too long
+    assert not accepts(schema, {"criteria": {**reply["criteria"], "c4": None}})  # fewer than min_k
+    assert not accepts(schema, {"criteria": {**reply["criteria"], "c1": {**crit, "points": 7}}})
+    rows = {"a1": [True, False, True], "a2": [False, False, False]}
+    assert accepts(verdict_json_schema(2, 3), {"answers": rows})
+    assert not accepts(verdict_json_schema(2, 3), {"answers": {**rows, "a2": [False, False]}})  # row too short

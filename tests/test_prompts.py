@@ -195,12 +195,27 @@ def test_rendering_is_byte_stable() -> None:
 
 
 def test_json_schemas() -> None:
-    rs = rubric_json_schema(4, 12)
-    assert rs["properties"]["criteria"]["minItems"] == 4 and rs["properties"]["criteria"]["maxItems"] == 12
-    ids = [it["properties"]["id"]["const"] for it in rs["properties"]["criteria"]["prefixItems"]]
-    assert ids == [f"c{k}" for k in range(1, 13)]  # unique by construction
+    rs = rubric_json_schema(4, 12, 80)
+    slots = rs["properties"]["criteria"]
+    assert slots["required"] == [f"c{k}" for k in range(1, 13)]  # ids unique and ordered by construction
+    ref = {"$ref": "#/$defs/criterion"}
+    optional = {"anyOf": [ref, {"type": "null"}]}
+    assert [slots["properties"][f"c{k}"] for k in (1, 4, 5, 12)] == [ref, ref, optional, optional]
+    criterion = rs["$defs"]["criterion"]["properties"]
+    assert criterion["points"]["enum"] == [1, 2, 3, 4, 5] and criterion["text"]["description"].endswith(
+        "At most 80 characters.")
     vs = verdict_json_schema(3, 5)
-    entries = vs["properties"]["answers"]["prefixItems"]
-    assert [e["properties"]["answer"]["const"] for e in entries] == [1, 2, 3]
-    assert entries[0]["properties"]["verdicts"]["minItems"] == 5
+    answers = vs["properties"]["answers"]
+    assert answers["required"] == ["a1", "a2", "a3"]
+    assert answers["properties"]["a1"]["description"].endswith("Exactly 5 items.")
     json.dumps(vs)  # serialisable for response_format
+
+
+def test_prompts_show_the_schemas_shapes() -> None:
+    """The reply format in the system prompt is the schema's, for judges in plain JSON mode."""
+    system = render_rubricator("Q?", ["r"], ["s"], min_k=4, max_k=6)[0]["content"]
+    assert '{"criteria": {"c1": {"category": "...", "text": "...", "points": 3}, "c2": ...' in system
+    assert "at least c1..c4 filled" in system and "up to c6, null" in system
+    system = render_verifier("Q?", RUBRIC, ["a", "b"])[0]["content"]
+    assert '{"answers": {"a1": [true, false, ...], "a2": [...], ...}}' in system
+    assert "a1..a2 for answers 1..2, and exactly 4 booleans per answer" in system

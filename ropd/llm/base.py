@@ -11,7 +11,11 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ropd.config import RoleConfig
+from ropd.config import ReasoningEffort, RoleConfig
+
+# Fields added after cache keys were first written: left out of the canonical form while at their default,
+# so a request that does not use them keeps the key it always had (and its cached reply).
+_KEYED_ONLY_WHEN_SET: dict[str, Any] = {"reasoning_effort": None, "extra_body": {}}
 
 
 class ChatRequest(BaseModel):
@@ -27,9 +31,12 @@ class ChatRequest(BaseModel):
     provider: str
     model: str
     messages: list[dict[str, str]]
-    temperature: float
-    top_p: float = 1.0
+    temperature: float | None = Field(description="None = not sent: the server's default")
+    top_p: float | None = 1.0
     max_tokens: int
+    reasoning_effort: ReasoningEffort | None = None
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields (they may change "
+                                       "the output, so they are part of the key)")
     seed: int | None = None
     json_schema: dict[str, Any] | None = None
     schema_name: str | None = None
@@ -45,6 +52,8 @@ class ChatRequest(BaseModel):
             temperature=cfg.temperature,
             top_p=cfg.top_p,
             max_tokens=cfg.max_tokens,
+            reasoning_effort=cfg.reasoning_effort,
+            extra_body=cfg.extra_body,
             **kw,
         )
 
@@ -57,7 +66,11 @@ class ChatRequest(BaseModel):
 
     @cached_property
     def _canonical(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        data = self.model_dump(mode="json")
+        for name, default in _KEYED_ONLY_WHEN_SET.items():
+            if data[name] == default:
+                del data[name]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     def canonical(self) -> str:
         """Sorted-key compact JSON; computed once per (immutable) request, it is on the hot path."""
@@ -83,6 +96,10 @@ class ChatResult(BaseModel):
     finish_reason: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_cached: int | None = Field(default=None, description="input tokens the server served from its prompt "
+                                      "cache, where it reports them (priced lower)")
+    tokens_reasoning: int | None = Field(default=None, description="output tokens spent on hidden reasoning, "
+                                         "where the server reports them (part of tokens_out)")
     latency_s: float = 0.0
     cached: bool = False
     response_format: str | None = Field(default=None, description="the structured-output mode the server took")

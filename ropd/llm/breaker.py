@@ -1,4 +1,4 @@
-"""A per-role circuit breaker: stop hammering an endpoint that keeps failing, probe it after a pause."""
+"""A circuit breaker per endpoint: stop hammering a server that keeps failing, probe it after a pause."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ class CircuitBreaker:
         if state != self.state:
             self.state = state
             self.transitions.append(state)
+
+    def allows_call(self) -> bool:
+        """Whether `before_call` would let a call out now, without changing state: an endpoint pool
+        asks every breaker, then spends the half-open probe only on the one it picks."""
+        if self.state == BreakerState.OPEN:
+            return time.monotonic() - self.opened_at >= self.reset_s
+        return not (self.state == BreakerState.HALF_OPEN and self._probe_out)
 
     def before_call(self) -> None:
         """Raise `circuit_open` unless a call may go out now."""

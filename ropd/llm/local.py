@@ -20,6 +20,7 @@ from ropd.config import RoleConfig
 from ropd.llm.base import ChatRequest, ChatResult
 from ropd.llm.cache import CallCache
 from ropd.llm.errors import ErrorType, LLMError
+from ropd.llm.strict_schema import tighten_for_local
 
 
 class LocalLM:
@@ -45,11 +46,12 @@ class LocalLM:
         self._lock = threading.Lock()
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
+        """The request's strict schema, tightened once for this decoder (`tighten_for_local`), compiled."""
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
             # Compact separators: the default any-whitespace grammar costs ~58% more tokens.
-            self._grammars[key] = self._compiler.compile_json_schema(key, any_whitespace=False,
-                                                                     separators=(",", ":"))
+            self._grammars[key] = self._compiler.compile_json_schema(
+                json.dumps(tighten_for_local(schema)), any_whitespace=False, separators=(",", ":"))
         return self._grammars[key]
 
     def generate(self, requests: list[ChatRequest]) -> list[tuple[str, str, int, int]]:
@@ -68,7 +70,7 @@ class LocalLM:
                                                                   for r in requests]))
             seed = int(hashlib.sha256("".join(r.key() for r in requests).encode()).hexdigest()[:8], 16)
             torch.manual_seed(seed)
-            sample = first.temperature > 0
+            sample = (first.temperature or 0.0) > 0  # None (not set) decodes greedily, like 0
             with torch.inference_mode():
                 out = self.model.generate(
                     **enc,

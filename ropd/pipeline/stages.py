@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -23,7 +24,18 @@ from ropd.config import RoleConfig
 from ropd.eval.harness import EvalResult
 from ropd.io import atomic_dir, atomic_write_parquet, atomic_write_text
 from ropd.llm.base import ChatModel, run_closing
-from ropd.llm.cache import CallCache
+from ropd.llm.cache import CallCache, CallTag
+from ropd.llm.cost import (
+    CHARS_PER_TOKEN,
+    JUDGE_STAGES,
+    Ledger,
+    Remaining,
+    budget_status,
+    judge_size_usd,
+    remaining,
+    round_usage,
+    teacher_size_usd,
+)
 from ropd.llm.errors import LLMError
 from ropd.llm.factory import make_chat
 from ropd.llm.limits import CallLimiter
@@ -38,8 +50,24 @@ from ropd.teacher import TeacherIndex, TeacherPrompt, build_index, dataset_index
 CACHE_FILE = Path("data/cache/llm_calls.sqlite")
 
 
-class QualityGateStop(RuntimeError):
+class RunStop(RuntimeError):
+    """A clean stop before a stage does its work: `stopped.json` says why, nothing is half-written, and
+    the same command resumes once the cause is fixed. The CLI exits 3."""
+
+
+class QualityGateStop(RunStop):
     """Too many groups of a round failed judging: the run stops before training on them."""
+
+
+class BudgetStop(RunStop):
+    """The next judge stage's estimate would take the run's spend above `budget.max_usd`."""
+
+
+def _stop(exc: type[RunStop], path: Path, reason: str, **figures: Any) -> NoReturn:
+    """Write `stopped.json` ({"stopped": true, "kind", "reason", figures…}) and raise `exc`."""
+    kind = {QualityGateStop: "quality_gate", BudgetStop: "budget"}[exc]
+    _json({"stopped": True, "kind": kind, "reason": reason, **figures}, path)
+    raise exc(reason)
 
 
 class RunPaths:
@@ -159,8 +187,29 @@ def _messages(row: Any) -> list[dict[str, str]]:
 
 
 # -- teacher ---------------------------------------------------------------------------------------------
-def _judge_resources(params: Params) -> tuple[CallCache, CallLimiter]:
-    return CallCache(CACHE_FILE), CallLimiter(params.limits)
+def _judge_resources(params: Params, stage: str, r: int | None = None) -> tuple[CallCache, CallLimiter]:
+    """The call cache, tagging the calls it pays for with (run, round, stage), and the stage's one limiter."""
+    return CallCache(CACHE_FILE, CallTag(run_id=params.run_id, round=r, stage=stage)), CallLimiter(params.limits)
+
+
+Plan = list[tuple[str, int, Callable[[], float]]]  # (stage, expected calls, USD from request sizes)
+
+
+def _budget_gate(params: Params, stage: str, r: int | None, where: Path, plan: Plan) -> None:
+    """Stop before `stage` starts when the run's spend plus what is left of `plan` (this stage and the
+    rest of its round) would overrun budget.max_usd. A budget stop written at `where` earlier is cleared
+    once the stage may run."""
+    stopped = where / "stopped.json"
+    if params.budget.max_usd is not None:
+        ledger = Ledger.load(params, CACHE_FILE)
+        left: list[Remaining] = [remaining(ledger, s, r, calls, usd) for s, calls, usd in plan]
+        status = budget_status(ledger, stage, r, left)
+        if status.over:
+            resume = f"`ropd stage {stage}{'' if r is None else f' --round {r}'}` (or dvc repro, or the flow)"
+            _stop(BudgetStop, stopped, status.reason(resume), **status.model_dump(exclude={"stage", "round"}),
+                  stage=stage, round=r)
+    if stopped.is_file() and json.loads(stopped.read_text()).get("kind") == "budget":
+        stopped.unlink()
 
 
 def teacher_sft(params: Params) -> None:
@@ -198,20 +247,27 @@ def _teacher_role(params: Params) -> RoleConfig:
     return pinned(params.teacher.role)
 
 
+def _teacher_wanted(params: Params, df: pd.DataFrame) -> pd.DataFrame:
+    """The prompts the teacher answers: the whole training pool, and the held-out ones evaluation judges."""
+    held = df[df["split"] == "eval"].head(params.eval.rubric_prompts)
+    return pd.concat([df[df["split"] == "train"], held])
+
+
 def teacher(params: Params) -> None:
     """Teacher answers for the train prompts, and for the held-out prompts that evaluation judges."""
     paths = RunPaths(params)
     cfg = _teacher_role(params)
     with run_lock(paths.run):
-        df = _prompts(paths)
-        held = df[df["split"] == "eval"].head(params.eval.rubric_prompts)
-        wanted = pd.concat([df[df["split"] == "train"], held])
+        wanted = _teacher_wanted(params, _prompts(paths))
         prompts = [TeacherPrompt(prompt_id=r["prompt_id"], question=r["question"], solutions=list(r["solutions"]))
                    for _, r in wanted.iterrows()]
         if cfg.provider == "dataset":
             dataset_index(prompts, cfg, params.teacher.m, paths.teacher)
             return
-        cache, limiter = _judge_resources(params)
+        questions = [p.question for p in prompts]
+        _budget_gate(params, "teacher", None, paths.run,
+                     [("teacher", len(prompts) * params.teacher.m, lambda: teacher_size_usd(params, questions))])
+        cache, limiter = _judge_resources(params, "teacher")
         chat = make_chat("teacher", params.teacher.role, cache=cache, limiter=limiter)
         try:
             run_closing(build_index(prompts, chat, params.teacher.m, paths.teacher), chat)
@@ -290,6 +346,42 @@ def _groups(params: Params, paths: RunPaths, r: int) -> list[tuple[GroupMeta, Gr
     return out
 
 
+def _sized_groups(params: Params, paths: RunPaths, r: int) -> list[Group]:
+    """The round's groups for a cost estimate: the real ones once its rollouts exist, else stand-ins as large
+    as the caps allow (the teacher's answers, or m of teacher.role.max_tokens; n answers of max_new_tokens)."""
+    if (paths.round(r) / "rollouts.parquet").is_file():
+        return [g for _, g in _groups(params, paths, r)]
+    df = _prompts(paths)
+    index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params))) if paths.teacher.is_file() else None
+    cap = "x" * (CHARS_PER_TOKEN * params.student.sampling.max_new_tokens)
+    teacher_cap = ["x" * (CHARS_PER_TOKEN * params.teacher.role.max_tokens)] * params.teacher.m
+    n = params.student.sampling.n
+    pools = [[cap] * n] if params.shared_rubric else [[cap]] * n
+    return [Group(group_id=pid, question=q, teacher=index.answers(pid) if index and index.has(pid) else teacher_cap,
+                  student=pool) for pid, q in _judge_questions(df[df["round"] == r]).items() for pool in pools]
+
+
+def cost_plan(params: Params) -> list[tuple[str, int | None, int, Callable[[], float]]]:
+    """Every judge stage of the run as (stage, round, expected calls, USD from request sizes), for
+    `ropd cost estimate`; the same stages and calls the budget checks before each stage."""
+    paths = RunPaths(params)
+    if not paths.prompts.is_file():
+        raise ValueError(f"{paths.prompts} is missing: the rounds' prompts are chosen by `ropd stage prepare`")
+    df = _prompts(paths)
+    plan: list[tuple[str, int | None, int, Callable[[], float]]] = []
+    if params.teacher.role.provider != "dataset":
+        questions = list(_teacher_wanted(params, df)["question"])
+        plan.append(("teacher", None, len(questions) * params.teacher.m, lambda: teacher_size_usd(params, questions)))
+    per_prompt = 1 if params.shared_rubric else params.student.sampling.n
+    for item in params.rounds:
+        calls = int((df["round"] == item.r).sum()) * per_prompt
+        for stage in JUDGE_STAGES:
+            if stage in USES[params.method]:
+                plan.append((stage, item.r, calls,
+                             lambda s=stage, r=item.r: judge_size_usd(params, s, _sized_groups(params, paths, r))))
+    return plan
+
+
 async def counted(coro: Any, bar: tqdm) -> Any:
     try:
         return await coro
@@ -297,9 +389,10 @@ async def counted(coro: Any, bar: tqdm) -> Any:
         bar.update()
 
 
-def _with_chats(params: Params, roles: tuple[str, ...], body: Any) -> Any:
-    """Run `body(*chats)` (a coroutine function) with the roles' chats, sharing one cache and limiter."""
-    cache, limiter = _judge_resources(params)
+def _with_chats(params: Params, roles: tuple[str, ...], body: Any, stage: str, r: int | None = None) -> Any:
+    """Run `body(*chats)` (a coroutine function) with the roles' chats, sharing one cache and limiter; the
+    calls paid are accounted to (`stage`, round `r`)."""
+    cache, limiter = _judge_resources(params, stage, r)
     chats: list[ChatModel] = [make_chat(role, getattr(params, role), cache=cache, limiter=limiter) for role in roles]
     try:
         return run_closing(body(*chats), *chats)
@@ -317,6 +410,9 @@ def mine(params: Params, r: int) -> None:
                                                       "rubric_failures.parquet"]):
             return
         groups = _groups(params, paths, r)
+        judged = [g for _, g in groups]
+        _budget_gate(params, "mine", r, paths.round(r), [(s, len(judged), lambda s=s: judge_size_usd(params, s, judged))
+                                                        for s in JUDGE_STAGES if s in USES[params.method]])
 
         async def one(g: Group, chat: ChatModel) -> Rubric | LLMError:
             try:
@@ -328,7 +424,7 @@ def mine(params: Params, r: int) -> None:
             with tqdm(total=len(groups), desc=f"round {r} mine", unit="group") as bar:
                 return list(await asyncio.gather(*(counted(one(g, chat), bar) for _, g in groups)))
 
-        outcomes = _with_chats(params, ("rubricator",), induce_all)
+        outcomes = _with_chats(params, ("rubricator",), induce_all, "mine", r)
         ok = [(m, o) for (m, _), o in zip(groups, outcomes, strict=True) if isinstance(o, Rubric)]
         failed = [{"run_id": params.run_id, "round": r, "group_id": m.group_id, "prompt_id": m.prompt_id,
                    "stage": o.stage or "rubric", "error_type": o.type.value, "message": o.message}
@@ -371,6 +467,9 @@ def verify(params: Params, r: int) -> None:
         clean = pd.read_parquet(rd / "rubrics_clean.parquet").set_index("group_id")
         raw = pd.read_parquet(rd / "rubrics.parquet").set_index("group_id")
         failures = pd.read_parquet(rd / "rubric_failures.parquet").set_index("group_id")
+        calling = [g for _, g in groups if g.group_id not in failures.index]
+        _budget_gate(params, "verify", r, rd, [("verify", len(calling),
+                                                lambda: judge_size_usd(params, "verify", calling))])
 
         def failed(g: Group, stage: str, type_: str, message: str, status: GroupStatus) -> GroupResult:
             return GroupResult(group_id=g.group_id, status=status, rewards=[None] * len(g.student),
@@ -393,12 +492,15 @@ def verify(params: Params, r: int) -> None:
             with tqdm(total=len(groups), desc=f"round {r} verify", unit="group") as bar:
                 return list(await asyncio.gather(*(counted(one(g, chat), bar) for _, g in groups)))
 
-        results = _with_chats(params, ("verifier",), verify_all)
+        results = _with_chats(params, ("verifier",), verify_all, "verify", r)
         judgements, rewards = verdict_frames([(m, res) for (m, _), res in zip(groups, results, strict=True)],
                                              run_id=params.run_id, round=r)
         atomic_write_parquet(judgements, rd / "judgements.parquet")
         atomic_write_parquet(rewards, rd / "rewards.parquet")
-        pool_diagnostics(rd, _prompts(paths))
+        metrics = pool_diagnostics(rd, _prompts(paths))
+        # The round's tokens and spend join the pool figures in the same file (its format kept).
+        usage = round_usage(Ledger.load(params, CACHE_FILE), r)
+        atomic_write_text(json.dumps({**metrics, **usage}, indent=2) + "\n", rd / "diagnostics.json")
 
 
 def _tjudge(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMeta, Group]]) -> None:
@@ -413,7 +515,10 @@ def _tjudge(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMet
             return list(await asyncio.gather(*(counted(tjudge_group(g, chat, params.engine), bar)
                                                for _, g in groups)))
 
-    results = _with_chats(params, ("verifier",), judge_all)
+    judged = [g for _, g in groups]
+    _budget_gate(params, "verify", r, paths.round(r), [("verify", len(judged),
+                                                        lambda: judge_size_usd(params, "verify", judged))])
+    results = _with_chats(params, ("verifier",), judge_all, "verify", r)
     judgements, rewards = verdict_frames([(m, res) for (m, _), res in zip(groups, results, strict=True)],
                                          run_id=params.run_id, round=r)
     rd = paths.round(r)
@@ -428,7 +533,8 @@ def _tjudge(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMet
     _json({"run_id": params.run_id, "round": r, "method": "tjudge", "n_groups": len(results), "n_groups_ok": n_ok,
            "judge_error_rate": 1 - n_ok / len(results) if results else None,
            "mean_reward": float(ok["reward"].mean()) if len(ok) else None,
-           "reward_auc": auc([x for x, _ in known], [y for _, y in known]) if known else None}, rd / "diagnostics.json")
+           "reward_auc": auc([x for x, _ in known], [y for _, y in known]) if known else None,
+           **round_usage(Ledger.load(params, CACHE_FILE), r)}, rd / "diagnostics.json")
 
 
 # -- training and evaluation -----------------------------------------------------------------------------
@@ -451,8 +557,7 @@ def train(params: Params, r: int) -> None:
             reason = (f"round {r}: {failed_share:.0%} of groups could not be judged, above the quality gate "
                       f"({params.quality_gate.max_failed_share:.0%}); the policy was not updated. Resume from "
                       f"{paths.checkpoint(r)} after fixing the judge (see {rd / 'rewards.parquet'}).")
-            _json({"stopped": True, "reason": reason, "failed_share": failed_share}, rd / "stopped.json")
-            raise QualityGateStop(reason)
+            _stop(QualityGateStop, rd / "stopped.json", reason, failed_share=failed_share)
         # A table written before a field existed (e.g. `logprobs`) leaves it at its default.
         rollouts = [Rollout.model_validate({k: row[k] for k in Rollout.model_fields if k in row})
                     for row in pd.read_parquet(rd / "rollouts.parquet").to_dict("records")]
@@ -538,7 +643,7 @@ def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
         async def judge(rubricator: ChatModel, verifier: ChatModel) -> list[GroupResult]:
             return list(await asyncio.gather(*(score_group(g, rubricator, verifier, params.engine) for g in groups)))
 
-        results = _with_chats(params, ("rubricator", "verifier"), judge)
+        results = _with_chats(params, ("rubricator", "verifier"), judge, "evaluate")
         judged = list(zip(groups, results, strict=True))
     return summarize(checkpoint.name, samples, refs, e.k, judged)
 

@@ -81,11 +81,8 @@ async def induce_rubric(chat: ChatModel, group: Group, cfg: EngineConfig) -> Rub
                                    schema_name="ropd_rubric")
 
     def parse(data: dict) -> Rubric:
-        rubric = Rubric.model_validate(data)
-        if not cfg.min_criteria <= len(rubric.criteria) <= cfg.max_criteria:
-            raise ValueError(f"{len(rubric.criteria)} criteria, configured bounds are "
-                             f"{cfg.min_criteria}..{cfg.max_criteria}")
-        return rubric
+        return Rubric.from_reply(data, min_k=cfg.min_criteria, max_k=cfg.max_criteria,
+                                 max_chars=cfg.max_criterion_chars)
 
     return await complete_structured(chat, request, parse, stage="rubric")
 

@@ -2,6 +2,11 @@
 
 Rules live here so that every producer (remote API, local constrained decoder, parquet reload) is
 held to the same checks, and so that a rule broken by a model is reported as a `schema` error.
+
+The judges reply in the shapes of the strict reply schemas (ropd/rubric/prompts.py): a rubric as named
+slots c1..cN, verdicts and scores under answer keys a1..an. Fixed names pin ids and order without the
+array keywords strict mode refuses; `Rubric.from_reply` and `VerdictSheet.matrix` check what those
+schemas cannot state (counts, gaps, text lengths) and turn the reply into the same Python objects.
 """
 
 from __future__ import annotations
@@ -9,12 +14,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, computed_field, field_validator, model_validator
 
 MIN_CRITERIA = 4
 MAX_CRITERIA = 12
 MIN_POINTS = 1
 MAX_POINTS = 5
+MAX_TEXT_CHARS = 600  # the absolute cap on a criterion's text; engine.max_criterion_chars sets the working one
 
 
 class Category(StrEnum):
@@ -25,8 +31,19 @@ class Category(StrEnum):
     REASONING = "reasoning_quality"
 
 
-NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=600)]
+NonEmptyText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_CHARS)]
 CriterionId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
+Points = Annotated[int, Field(ge=MIN_POINTS, le=MAX_POINTS, strict=True)]
+
+
+def criterion_slots(max_k: int) -> list[str]:
+    """The rubric reply's slot names, c1..c{max_k}; a criterion's id is the name of its slot."""
+    return [f"c{k}" for k in range(1, max_k + 1)]
+
+
+def answer_keys(n: int) -> list[str]:
+    """The keys of a verdict or score reply, a1..a{n}, for the answers numbered 1..n in the prompt."""
+    return [f"a{i}" for i in range(1, n + 1)]
 
 
 class Criterion(BaseModel):
@@ -37,7 +54,25 @@ class Criterion(BaseModel):
     id: CriterionId
     category: Category
     text: NonEmptyText
-    points: int = Field(ge=MIN_POINTS, le=MAX_POINTS, strict=True)
+    points: Points
+
+
+class CriterionSlot(BaseModel):
+    """A criterion as the Rubricator writes it into a slot; the slot's name is its id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    category: Category
+    text: NonEmptyText
+    points: Points
+
+
+class RubricReply(BaseModel):
+    """The Rubricator's reply: `criteria` maps slot names to criteria, null for an unused slot."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    criteria: dict[str, CriterionSlot | None]
 
 
 class Rubric(BaseModel):
@@ -76,46 +111,63 @@ class Rubric(BaseModel):
     def ids(self) -> list[str]:
         return [c.id for c in self.criteria]
 
+    @classmethod
+    def from_reply(cls, data: Any, *, min_k: int = MIN_CRITERIA, max_k: int = MAX_CRITERIA,
+                   max_chars: int = MAX_TEXT_CHARS) -> Rubric:
+        """The rubric a Rubricator reply (`rubric_json_schema`'s shape) describes, criteria in slot order.
 
-class AnswerVerdict(BaseModel):
-    """The verifier's booleans for one pooled answer, in rubric order."""
+        Raises `pydantic.ValidationError` for a malformed slot and `ValueError` naming the bound broken
+        where the schema could not state it: slots filled from c1 without gaps, `min_k` to `max_k` of
+        them, each text at most `max_chars`. A trailing slot left out counts as null.
+        """
+        slots = RubricReply.model_validate(data).criteria
+        names = criterion_slots(max_k)
+        if extra := [s for s in slots if s not in names]:
+            raise ValueError(f"unknown criterion slots {extra}: at most {max_k} criteria, in slots c1..c{max_k}")
+        filled = [(n, slot) for n in names if (slot := slots.get(n)) is not None]
+        if [n for n, _ in filled] != names[: len(filled)]:
+            gap = next(n for n in names if slots.get(n) is None)
+            raise ValueError(f"slot {gap} is empty but {filled[-1][0]} is filled: fill the slots in order from c1 "
+                             "and leave only the trailing ones null")
+        if len(filled) < min_k:
+            raise ValueError(f"{len(filled)} criteria, at least {min_k} are required (slots c1..c{min_k})")
+        for n, slot in filled:
+            if len(slot.text) > max_chars:
+                raise ValueError(f"criterion {n} text is {len(slot.text)} characters, at most {max_chars} are allowed")
+        return cls(criteria=[Criterion(id=n, **slot.model_dump()) for n, slot in filled])
+
+
+class VerdictSheet(BaseModel):
+    """One batched verifier reply (`verdict_json_schema`): a row of booleans per answer, under keys a1..an."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    answer: int = Field(ge=1, strict=True)
-    verdicts: list[bool] = Field(min_length=1)
+    answers: dict[str, list[bool]]
 
-    @model_validator(mode="before")
+    @field_validator("answers", mode="before")
     @classmethod
     def _strict_bools(cls, data: Any) -> Any:
         # "yes"/1 coerced to True would hide a broken judge; only JSON booleans count.
         if isinstance(data, dict):
-            for v in data.get("verdicts") or []:
-                if not isinstance(v, bool):
-                    raise ValueError(f"verdict {v!r} is not a JSON boolean")
+            for key, row in data.items():
+                for v in row if isinstance(row, list) else []:
+                    if not isinstance(v, bool):
+                        raise ValueError(f"{key}: verdict {v!r} is not a JSON boolean")
         return data
-
-
-class VerdictSheet(BaseModel):
-    """One batched verifier response: an entry per answer in the (chunk of the) blind pool."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    answers: list[AnswerVerdict] = Field(min_length=1)
 
     def matrix(self, n_answers: int, n_criteria: int) -> list[list[bool]]:
         """Check the sheet against what was asked and return verdicts in pool order.
 
         Raises `ValueError` naming the mismatch; callers classify it as a `validation` error.
         """
-        got = [a.answer for a in self.answers]
-        if sorted(got) != list(range(1, n_answers + 1)):
-            raise ValueError(f"expected one entry for each answer 1..{n_answers}, got answer numbers {got}")
-        if got != sorted(got):
-            raise ValueError(f"answers must be listed in order 1..{n_answers}, got {got}")
-        for a in self.answers:
-            if len(a.verdicts) != n_criteria:
-                raise ValueError(
-                    f"answer {a.answer} has {len(a.verdicts)} verdicts, expected {n_criteria} (one per criterion)"
-                )
-        return [list(a.verdicts) for a in self.answers]
+        keys = answer_keys(n_answers)
+        missing = [k for k in keys if k not in self.answers]
+        extra = [k for k in self.answers if k not in keys]
+        if missing or extra:
+            raise ValueError(f"expected one row for each answer 1..{n_answers}, under keys a1..a{n_answers}; "
+                             f"missing {missing}, unexpected {extra}")
+        for k in keys:
+            if len(self.answers[k]) != n_criteria:
+                raise ValueError(f"answer {k} has {len(self.answers[k])} verdicts, expected {n_criteria} "
+                                 "(one per criterion)")
+        return [list(self.answers[k]) for k in keys]

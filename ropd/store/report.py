@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +21,7 @@ import duckdb
 
 from ropd.eval.correctness import is_correct
 from ropd.io import atomic_write_text
+from ropd.llm.cost import usd_text
 from ropd.store.tables import create_schema, load_run
 
 PAPER_AUC = 0.90
@@ -271,6 +273,32 @@ def _prompt_section(pid: str, prompt: dict[str, Any] | None, teacher: Rows,
                data_flagged="1" if flags or errors else "0")
 
 
+USAGE_COLUMNS = ("calls", "tokens_in", "tokens_cached", "tokens_out", "tokens_reasoning", "usd")
+
+
+def _spend_section(diagnostics: list[tuple[int, dict[str, Any]]]) -> Safe:
+    """Tokens and spend per round and role (the calls paid in that round, from each diagnostics.json), the
+    rounds' total per role, and the run's total as of its last verified round."""
+    rows, totals = [], {}
+    for rnd, doc in diagnostics:
+        for role, u in sorted((doc.get("usage") or {}).items()):
+            rows.append({"round": rnd, "role": role, **{c: u.get(c) for c in USAGE_COLUMNS}})
+            t = totals.setdefault(role, {"round": "all", "role": role, **dict.fromkeys(USAGE_COLUMNS)})
+            for c in USAGE_COLUMNS:
+                if u.get(c) is not None:
+                    t[c] = (t[c] or 0) + u[c]
+    if not rows:
+        return tag("p", "No token usage recorded: these rounds were verified before cost accounting.",
+                   class_="muted")
+    cells = [{**r, "usd": usd_text(r["usd"])} for r in [*rows, *totals.values()]]
+    last_round, last = diagnostics[-1]
+    run_total = last.get("run_spend_usd")
+    line = (f"Run total {usd_text(run_total)}: every call the run had paid when round {last_round} was verified, "
+            "teacher and evaluations included; cache replays cost nothing." if run_total is not None else
+            "No role has a price (role.price), so spend is not known; the token counts are.")
+    return join([tag("div", _table(cells, ["round", "role", *USAGE_COLUMNS]), class_="scroll"), tag("p", line)])
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the run's audit report (default `run_dir/report.html`) and return its path."""
     out = out or run_dir / "report.html"
@@ -278,6 +306,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     create_schema(con)
     load_run(con, run_dir)
     trends = _rows(con, "SELECT * FROM round_trends")
+    diagnostics = [(r["round"], json.loads(r["diagnostics"]) if isinstance(r["diagnostics"], str) else r["diagnostics"])
+                   for r in _rows(con, "SELECT round, diagnostics FROM round_metrics WHERE diagnostics IS NOT NULL "
+                                       "ORDER BY round")]
     prompts = {r["prompt_id"]: r for r in _rows(con, "SELECT * FROM prompts")}
     teacher = _by_prompt(_rows(con, "SELECT * FROM teacher_answers ORDER BY prompt_id, answer_idx"))
     queries = {
@@ -300,11 +331,11 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     sections = [_prompt_section(pid, prompts.get(pid), teacher.get(pid, []), per_prompt[pid])
                 for pid in sorted(per_prompt)]
     atomic_write_text(_page(run_dir.name, trends, f"{len(sections)} prompt(s) used, of {len(prompts)} in "
-                            "prompts.parquet", sections), out)
+                            "prompts.parquet", sections, _spend_section(diagnostics)), out)
     return out
 
 
-def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections: list[Safe]) -> str:
+def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections: list[Safe], spend: Safe) -> str:
     rounds = [t["round"] for t in trends]
 
     def series(*cols: str) -> dict[str, list[float | None]]:
@@ -337,6 +368,7 @@ def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections
     body = join([tag("h1", f"ropd report — run {run_id}"), facts,
                  tag("h2", "Across rounds"), charts,
                  tag("h2", "Per round"), tag("div", _table(trends, columns), class_="scroll"),
+                 tag("h2", "LLM tokens and spend"), spend,
                  tag("h2", "Prompts"), tools, sections,
                  Safe(f"<script>{SCRIPT}</script>")])
     return f'<!doctype html>\n<html lang="en"><head>{head}</head><body>{body}</body></html>\n'

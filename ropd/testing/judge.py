@@ -64,13 +64,14 @@ def _arith_ok(text: str) -> bool:
     return bool(found) and all(abs(ops[op](float(a), float(b)) - float(c)) < 1e-6 for a, op, b, c in found)
 
 
+# keyed by the slot (= criterion id) each rule's criterion fills in `rubric_reply`
 CHECKS: dict[str, Callable[[str, str], bool]] = {
-    "final_answer": lambda q, a: len(_FINAL.findall(a)) == 1,
-    "uses_quantities": lambda q, a: all(n in a for n in _quantities(q)),
-    "arithmetic_correct": lambda q, a: _arith_ok(a),
-    "shows_steps": lambda q, a: len(_ARITH.findall(a)) >= 2,
-    "concise": lambda q, a: len(a.split()) <= 120,
-    "no_hedging": lambda q, a: not re.search(r"(?i)\b(maybe|i think|not sure|probably)\b", a),
+    "c1": lambda q, a: len(_FINAL.findall(a)) == 1,  # one final answer
+    "c2": lambda q, a: all(n in a for n in _quantities(q)),  # uses the quantities
+    "c3": lambda q, a: _arith_ok(a),  # arithmetic correct
+    "c4": lambda q, a: len(_ARITH.findall(a)) >= 2,  # shows steps
+    "c5": lambda q, a: len(a.split()) <= 120,  # concise
+    "c6": lambda q, a: not re.search(r"(?i)\b(maybe|i think|not sure|probably)\b", a),  # no hedging
 }
 
 
@@ -93,47 +94,41 @@ def rubric_reply(messages: list[dict[str, str]]) -> dict:
     question = task[2] if task else _task(messages)
     qty = ", ".join(_quantities(question)[:6]) or "the given quantities"
     criteria = [
-        ("final_answer", "task_fulfilment", "States exactly one final numeric answer on a line starting "
+        ("c1", "task_fulfilment", "States exactly one final numeric answer on a line starting "
          "with 'Answer:'.", 2),
-        ("uses_quantities", "task_fulfilment", f"Uses every quantity given in the problem ({qty}) in its working.", 4),
-        ("arithmetic_correct", "reasoning_quality", "Every written calculation of the form 'a op b = c' is "
+        ("c2", "task_fulfilment", f"Uses every quantity given in the problem ({qty}) in its working.", 4),
+        ("c3", "reasoning_quality", "Every written calculation of the form 'a op b = c' is "
          "arithmetically correct.", 5),
-        ("shows_steps", "reasoning_quality", "Shows at least two intermediate calculations before the "
+        ("c4", "reasoning_quality", "Shows at least two intermediate calculations before the "
          "final answer.", 2),
-        ("concise", "response_quality", "Is at most 120 words long.", 1),
-        ("no_hedging", "response_quality", "Commits to its answer without hedging words such as 'maybe' "
+        ("c5", "response_quality", "Is at most 120 words long.", 1),
+        ("c6", "response_quality", "Commits to its answer without hedging words such as 'maybe' "
          "or 'I think'.", 1),
     ]
-    return {"criteria": [{"id": i, "category": c, "text": t, "points": p} for i, c, t, p in criteria]}
+    return {"criteria": {i: {"category": c, "text": t, "points": p} for i, c, t, p in criteria}}
 
 
 def verdict_reply(messages: list[dict[str, str]]) -> dict:
     task = _fenced_task(messages)
     if task is None:
-        return {"answers": []}
+        return {"answers": {}}
     user, nonce, question = task
     # criterion lines count only outside the fences: an answer can quote a forged rubric line
     outside = re.sub(rf'<(\w+) id="[^"]*" fence="{nonce}">\n.*?\n</\1 fence="{nonce}">', "", user, flags=re.DOTALL)
     ids = re.findall(r"(?m)^\d+\. \[([^\]]+)\]", outside)
     answers = [(label, answer_text(body, nonce)) for label, body in _fenced("answer", user, nonce)]
-    return {
-        "answers": [
-            {"answer": int(label), "verdicts": [bool(CHECKS.get(cid, lambda q, a: False)(question, text))
-                                                for cid in ids]}
-            for label, text in answers
-        ]
-    }
+    return {"answers": {f"a{label}": [bool(CHECKS.get(cid, lambda q, a: False)(question, text)) for cid in ids]
+                        for label, text in answers}}
 
 
 def tjudge_reply(messages: list[dict[str, str]]) -> dict:
     """T-Judge scores: the share of the rubric checks an answer passes, on the 0-10 scale."""
     task = _fenced_task(messages)
     if task is None:
-        return {"scores": []}
+        return {"scores": {}}
     user, nonce, question = task
-    return {"scores": [{"answer": int(label), "score": round(10 * sum(check(question, text) for check in
-                                                                      CHECKS.values()) / len(CHECKS))}
-                       for label, text in _fenced("answer", user, nonce)]}
+    return {"scores": {f"a{label}": round(10 * sum(check(question, text) for check in CHECKS.values()) / len(CHECKS))
+                       for label, text in _fenced("answer", user, nonce)}}
 
 
 _TEACHER_STYLES = ("Add the quantities: {steps} = {total}", "Sum: {steps} = {total}", "{steps} = {total}")
