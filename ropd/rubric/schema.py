@@ -46,6 +46,17 @@ def answer_keys(n: int) -> list[str]:
     return [f"a{i}" for i in range(1, n + 1)]
 
 
+def ordered_answers(reply: dict[str, Any], n: int, what: str) -> list[Any]:
+    """`reply`'s values in answer order a1..a{n}; raises `ValueError` naming missing and unexpected keys."""
+    keys = answer_keys(n)
+    missing = [k for k in keys if k not in reply]
+    extra = [k for k in reply if k not in keys]
+    if missing or extra:
+        raise ValueError(f"expected one {what} for each answer 1..{n}, under keys a1..a{n}; "
+                         f"missing {missing}, unexpected {extra}")
+    return [reply[k] for k in keys]
+
+
 class Criterion(BaseModel):
     """One binary, self-contained check on a single answer, with an integer weight."""
 
@@ -160,14 +171,8 @@ class VerdictSheet(BaseModel):
 
         Raises `ValueError` naming the mismatch; callers classify it as a `validation` error.
         """
-        keys = answer_keys(n_answers)
-        missing = [k for k in keys if k not in self.answers]
-        extra = [k for k in self.answers if k not in keys]
-        if missing or extra:
-            raise ValueError(f"expected one row for each answer 1..{n_answers}, under keys a1..a{n_answers}; "
-                             f"missing {missing}, unexpected {extra}")
-        for k in keys:
-            if len(self.answers[k]) != n_criteria:
-                raise ValueError(f"answer {k} has {len(self.answers[k])} verdicts, expected {n_criteria} "
-                                 "(one per criterion)")
-        return [list(self.answers[k]) for k in keys]
+        rows = ordered_answers(self.answers, n_answers, "row")
+        for k, row in zip(answer_keys(n_answers), rows, strict=True):
+            if len(row) != n_criteria:
+                raise ValueError(f"answer {k} has {len(row)} verdicts, expected {n_criteria} (one per criterion)")
+        return [list(row) for row in rows]

@@ -19,7 +19,7 @@ from ropd.llm.strict_schema import strict_object
 from ropd.llm.structured import complete_structured
 from ropd.rubric.engine import Group, GroupResult, GroupStatus, JudgeFailure
 from ropd.rubric.prompts import LAYOUT_NOTE, MAX_ANSWER_CHARS, Messages, fence_nonce, fenced, truncate
-from ropd.rubric.schema import answer_keys
+from ropd.rubric.schema import answer_keys, ordered_answers
 
 TJUDGE_VERSION = "tjudge-v2"
 MAX_SCORE = 10
@@ -50,13 +50,7 @@ class ScoreSheet(BaseModel):
 
     def ordered(self, n_answers: int) -> list[int]:
         """Scores in answer order; raises `ValueError` naming a missing or unexpected answer key."""
-        keys = answer_keys(n_answers)
-        missing = [k for k in keys if k not in self.scores]
-        extra = [k for k in self.scores if k not in keys]
-        if missing or extra:
-            raise ValueError(f"expected one score for each answer 1..{n_answers}, under keys a1..a{n_answers}; "
-                             f"missing {missing}, unexpected {extra}")
-        return [self.scores[k] for k in keys]
+        return ordered_answers(self.scores, n_answers, "score")
 
 
 def render_tjudge(question: str, teacher: list[str], student: list[str], *,
