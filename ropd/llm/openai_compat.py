@@ -28,6 +28,7 @@ from ropd.llm.cache import CallCache
 from ropd.llm.endpoints import Endpoint, EndpointPool
 from ropd.llm.errors import ErrorType, LLMError
 from ropd.llm.limits import CallLimiter
+from ropd.llm.strict_schema import tighten_for_local
 
 # Structured-output modes, strongest first. `json_object_schema` is llama.cpp's dialect: a schema inside
 # `{"type": "json_object", "schema": ...}`, for servers that refuse `json_schema` but still constrain.
@@ -206,6 +207,11 @@ class OpenAICompatChat:
     # Set when the server refused `max_tokens` under token_param auto; kept for the rest of the run.
     _max_tokens_refused: bool = False
 
+    @property
+    def format_mode(self) -> str:
+        """The structured-output mode this role sends now, after any step-down the server forced."""
+        return _FORMAT_LADDER[self._format_floor]
+
     def _token_name(self) -> str:
         """The chat API's name for the token limit: pinned by the role, or `max_tokens` until refused."""
         if self.config.token_param != "auto":
@@ -334,7 +340,9 @@ def _chat_body(request: ChatRequest, messages: list[dict[str, str]], mode: str, 
             "json_schema": {"name": request.schema_name or "reply", "schema": request.json_schema, "strict": True},
         }
     elif mode == "json_object_schema":
-        body["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        # A grammar-constrained server (llama.cpp) takes length keywords, as xgrammar does: the same schema,
+        # tightened in the one place that derives grammars, so a small model cannot write a short row.
+        body["response_format"] = {"type": "json_object", "schema": tighten_for_local(request.json_schema)}
     elif mode == "json_object":
         body["response_format"] = {"type": "json_object"}
     if request.seed is not None:
