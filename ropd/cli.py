@@ -128,8 +128,8 @@ def _pipeline_errors() -> Iterator[None]:
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="demo_data, prepare, teacher_sft, teacher, rollout, mine, qa, verify, "
-                                             "train, evaluate, summarize, report")],
+    name: Annotated[str, typer.Argument(help="demo_data, prepare, teacher_sft, teacher, judge_check, rollout, mine, "
+                                             "qa, verify, train, evaluate, summarize, report")],
     round: Annotated[int | None, typer.Option("--round", "-r", help="round number, for the per-round stages")] = None,
     params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml"),
 ) -> None:
@@ -232,6 +232,15 @@ def summary(params: Annotated[Path, typer.Option(help="the run's configuration")
 
     p = load_params(params)
     paths = RunPaths(p)
+    if paths.judge_check.is_file():  # first: a FAIL is why a run's loss and advantages are 0
+        from ropd.eval.judge_check import JudgeCheckResult, render_summary
+
+        check = JudgeCheckResult.model_validate_json(paths.judge_check.read_text())
+        colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}.get(check.status, "white")
+        console.print(render_summary(check), style=f"bold {colour}", soft_wrap=True, markup=False)
+        if check.status == "FAIL":
+            console.print("  A judge that FAILs gives every answer nearly the same reward, so GRPO's advantages, "
+                          "and the update, are about 0 (docs/results.md).", soft_wrap=True)
     if paths.history.is_file():
         rows = json.loads(paths.history.read_text())
         table = Table(title=f"run {p.run_id}: per-round figures")
@@ -249,6 +258,33 @@ def summary(params: Annotated[Path, typer.Option(help="the run's configuration")
                   ropd store rebuild && ropd audit worst-rubrics
                   ropd audit --sql "select * from rubric_criteria limit 5"
   Prefect UI      prefect server start, then python flows/deploy.py (see README)""")
+
+
+judge_app = typer.Typer(no_args_is_help=True, help="Is the configured judge good enough to train on?")
+app.add_typer(judge_app, name="judge")
+
+
+@judge_app.command("check")
+def judge_check(params: Annotated[Path, typer.Option(help="the run's configuration")] = Path("params.yaml")) -> None:
+    """The judge check on the run's prompts and teacher answers, before any training; exit 3 on FAIL.
+
+    Runs the setup stages it needs first (data, prepare, teacher) when their outputs are missing, and writes
+    judge_check.json into the run directory, as the pipeline's judge_check stage does."""
+    from ropd.params import load_params
+    from ropd.pipeline.dag import stage_io
+    from ropd.pipeline.stages import SETUP_STAGES, RunPaths, run_stage
+
+    with _pipeline_errors():
+        p = load_params(params)
+        for name in SETUP_STAGES[:-1]:
+            if name == "demo_data" and p.data.source != "demo":
+                continue
+            if not all(out.exists() for out in stage_io(p, name)[1]):
+                run_stage(p, name)
+        run_stage(p, "judge_check")
+    status = json.loads(RunPaths(p).judge_check.read_text())["status"]
+    if status == "FAIL":
+        raise typer.Exit(3)
 
 
 app.add_typer(store_app, name="store")

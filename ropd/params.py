@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ropd.config import EngineConfig, LimitsConfig, QualityGate, RoleConfig
+from ropd.eval.judge_check import JudgeCheckParams
 from ropd.rollout.base import SamplingParams
 from ropd.store.qa import QAConfig
 from ropd.train.config import GRPOConfig, LOPDSettings, SFTSettings
@@ -126,6 +127,7 @@ class Params(BaseModel):
     lopd: LOPDSettings = LOPDSettings()
     teacher_sft: TeacherSFTParams = TeacherSFTParams()
     budget: BudgetParams = BudgetParams()
+    judge_check: JudgeCheckParams = JudgeCheckParams()
 
     @field_validator("rounds", mode="before")
     @classmethod

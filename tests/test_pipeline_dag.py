@@ -29,8 +29,8 @@ def test_dvc_yaml_matches_stage_io() -> None:
         keys = [k for d in stage.deps if hasattr(d, "params") for k in d.params]
         assert keys == STAGE_PARAMS[name], f"{address}: dvc.yaml params {keys} != STAGE_PARAMS"
         seen.add(name)
-    assert seen == {"demo_data", "prepare", "teacher_sft", "teacher", "rollout", "mine", "qa", "verify", "train",
-                    "evaluate", "summarize", "report"}
+    assert seen == {"demo_data", "prepare", "teacher_sft", "teacher", "judge_check", "rollout", "mine", "qa",
+                    "verify", "train", "evaluate", "summarize", "report"}
 
 
 def test_fifty_rounds_from_one_command(tmp_path: Path) -> None:

@@ -41,9 +41,13 @@ def check_outputs(proj: Path) -> None:
 
 
 def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir: Path) -> None:
-    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent, {"data.pool_prompts": 4})
+    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent,
+                        {"data.pool_prompts": 4, "judge_check": {"prompts": 2}})
     dvc(proj, "repro")
     check_outputs(proj)
+    run = proj / "data" / "runs" / "tiny"
+    assert json.loads((run / "judge_check.json").read_text())["status"] == "PASS"  # the clean rule judge
+    assert "Judge check: PASS" in (proj / "data" / "runs" / "tiny.report.html").read_text()
     assert "up to date" in dvc(proj, "status")
     again = dvc(proj, "repro")
     assert "didn't change" in again or "up to date" in again
@@ -52,21 +56,26 @@ def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir
     assert "accuracy" in metrics and "mean_reward" in metrics
     dvc(proj, "plots", "show", "--out", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").is_file()
-    # Extend the finished run by one round: only the new round (and the summary) runs.
+    # Extend the finished run by one round, and re-check the judge on fewer prompts: only the new round, the
+    # check (whose gate file keeps its bytes, so no round reruns) and the summary run.
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
-    run = proj / "data" / "runs" / "tiny"
     before = {f: f.stat().st_mtime_ns for f in [run / "prompts.parquet", run / "teacher.parquet",
                                                 *(run / "round_0").iterdir(), *(run / "checkpoints").rglob("*")]
               if f.name != ".gitignore"}  # DVC adds the new round's checkpoint to it
     proc = subprocess.run([str(BIN / "ropd"), "rounds", "2"], cwd=proj, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["judge_check"]["prompts"] = 1
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(proj, "repro")
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {f"{s}@1" for s in ("rollout", "mine", "qa", "verify", "train", "evaluate")} | {"summarize",
-                                                                                                   "report"}, ran
+    assert ran == {f"{s}@1" for s in ("rollout", "mine", "qa", "verify", "train", "evaluate")} | {
+        "judge_check", "summarize", "report"}, ran
+    assert json.loads((run / "judge_check.json").read_text())["n_prompts"] == 1
     after = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
-    assert {k: v for k, v in after.items() if k in lock and k not in ("summarize", "report")} == \
-        {k: v for k, v in lock.items() if k not in ("summarize", "report")}
+    rerun = ("summarize", "report", "judge_check")
+    assert {k: v for k, v in after.items() if k in lock and k not in rerun} == \
+        {k: v for k, v in lock.items() if k not in rerun}
     assert {f: f.stat().st_mtime_ns for f in before} == before
     assert len(pd.read_parquet(run / "round_1" / "rewards.parquet")) == 4
     assert [row["round"] for row in json.loads((proj / "data" / "runs" / "tiny.history.json").read_text())] == [0, 1]

@@ -30,6 +30,7 @@ def tiny_params(base_url: str, models_dir: Path, overrides: dict | None = None) 
     data["student"]["sampling"].update({"n": 2, "max_new_tokens": 16})
     data["eval"].update({"n_prompts": 2, "max_new_tokens": 16})
     data["grpo"].update({"micro_batch_size": 4})
+    data["judge_check"] = {"prompts": 0}  # skipped (SKIPPED, gate open) unless a test is about it
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

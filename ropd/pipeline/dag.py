@@ -26,13 +26,15 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
         return demo[:1], [params.teacher_sft_dir]
     if name == "teacher":
         return [p.prompts, params.teacher_sft_dir], [p.teacher]
+    if name == "judge_check":
+        return [p.prompts, p.teacher], [p.judge_check, p.judge_gate]
     if name in ("summarize", "report"):
         deps = [p.run] + ([p.history] if name == "report" else [])
         return deps, [p.history if name == "summarize" else p.report]
     assert r is not None, f"stage {name} needs a round"
     rd = p.round(r)
     table = {
-        "rollout": ([p.prompts, p.checkpoint(r)], [rd / "rollouts.parquet"]),
+        "rollout": ([p.prompts, p.checkpoint(r), p.judge_gate], [rd / "rollouts.parquet"]),
         "mine": ([rd / "rollouts.parquet", p.teacher],
                  [rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"]),
         "qa": ([rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"],
@@ -55,6 +57,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": ["run_id", "data", "student.model_path", "eval.n_prompts"],
     "teacher_sft": ["method", "teacher", "teacher_sft", "lopd.teacher_path", "data.source", "data.seed"],
     "teacher": ["teacher", "eval.rubric_prompts"],
+    "judge_check": ["method", "judge_check", "rubricator", "verifier", "engine"],
     "rollout": ["method", "student", "data.seed"],
     "mine": ["method", "rubricator", "engine", "shared_rubric"],
     "qa": ["method", "qa"],

@@ -63,9 +63,13 @@ class BudgetStop(RunStop):
     """The next judge stage's estimate would take the run's spend above `budget.max_usd`."""
 
 
+class JudgeCheckStop(RunStop):
+    """`judge_check.enforce` is on and the judge check FAILED: no round trains on that judge."""
+
+
 def _stop(exc: type[RunStop], path: Path, reason: str, **figures: Any) -> NoReturn:
     """Write `stopped.json` ({"stopped": true, "kind", "reason", figures…}) and raise `exc`."""
-    kind = {QualityGateStop: "quality_gate", BudgetStop: "budget"}[exc]
+    kind = {QualityGateStop: "quality_gate", BudgetStop: "budget", JudgeCheckStop: "judge_check"}[exc]
     _json({"stopped": True, "kind": kind, "reason": reason, **figures}, path)
     raise exc(reason)
 
@@ -78,6 +82,10 @@ class RunPaths:
         self.run = params.run_dir
         self.prompts = self.run / "prompts.parquet"
         self.teacher = self.run / "teacher.parquet"
+        self.judge_check = self.run / "judge_check.json"
+        # What the rounds depend on: written only when training may go ahead, and always the same bytes,
+        # so a re-check that moves a figure (or more check prompts) retrains nothing.
+        self.judge_gate = self.run / "judge_check.gate"
         # Outside the run directory, which the summary and report stages depend on as a whole.
         self.history = Path(params.runs_dir) / f"{params.run_id}.history.json"
         self.report = Path(params.runs_dir) / f"{params.run_id}.report.html"
@@ -273,6 +281,55 @@ def teacher(params: Params) -> None:
             run_closing(build_index(prompts, chat, params.teacher.m, paths.teacher), chat)
         finally:
             cache.close()
+
+
+# -- judge check -----------------------------------------------------------------------------------------
+def judge_check(params: Params) -> None:
+    """Pre-flight: is the configured judge good enough to train on? `judge_check.json`, then the gate."""
+    from ropd.eval.judge_check import Status, render_summary
+
+    paths = RunPaths(params)
+    with run_lock(paths.run):
+        result = judge_check_result(params)
+        _json(result.model_dump(mode="json"), paths.judge_check)
+        print(render_summary(result), flush=True)
+        stopped = paths.run / "stopped.json"
+        if result.status == Status.FAIL and params.judge_check.enforce:
+            paths.judge_gate.unlink(missing_ok=True)
+            _stop(JudgeCheckStop, stopped, f"judge check FAILED, and judge_check.enforce is on: {result.reason}. "
+                  f"Nothing was trained. See {paths.judge_check}; fix the judge (or set judge_check.enforce: false) "
+                  "and rerun.", status=result.status)
+        if stopped.is_file() and json.loads(stopped.read_text()).get("kind") == "judge_check":
+            stopped.unlink()
+        atomic_write_text("open\n", paths.judge_gate)
+
+
+def judge_check_result(params: Params) -> Any:
+    """The judge check on the first `judge_check.prompts` training prompts in schedule order (round 0's first),
+    with their teacher answers; SKIPPED where the method trains on no rubric verdicts."""
+    from ropd.eval.judge_check import CheckItem, JudgeCheckResult
+    from ropd.eval.judge_check import judge_check as run_check
+    from ropd.rubric.prompts import VERIFIER_VERSION
+
+    paths = RunPaths(params)
+    names = (f"{params.rubricator.provider}:{params.rubricator.model} "
+             f"({params.rubricator.fingerprint(RUBRICATOR_VERSION)})",
+             f"{params.verifier.provider}:{params.verifier.model} ({params.verifier.fingerprint(VERIFIER_VERSION)})")
+    n = params.judge_check.prompts
+    if params.method != "ropd" or n == 0:
+        why = "judge_check.prompts is 0" if n == 0 else f"method {params.method} trains on no rubric verdicts"
+        return JudgeCheckResult(status="SKIPPED", reason=why, rubricator=names[0], verifier=names[1], n_prompts=0)
+    df = _prompts(paths)
+    train = df[df["split"] == "train"].sort_values("round", kind="stable").head(n)
+    index = TeacherIndex.load(paths.teacher, fingerprint(_teacher_role(params)))
+    questions = _judge_questions(train)
+    items = [CheckItem(prompt_id=str(pid), question=questions[str(pid)], teacher=index.answers(str(pid)))
+             for pid in train["prompt_id"]]
+
+    async def body(rubricator: ChatModel, verifier: ChatModel) -> Any:
+        return await run_check(items, rubricator, verifier, params.engine, params.judge_check, names)
+
+    return _with_chats(params, ("rubricator", "verifier"), body, "judge_check")
 
 
 # -- methods ---------------------------------------------------------------------------------------------
@@ -670,10 +727,10 @@ def report(params: Params) -> None:
     write_report(RunPaths(params).run, RunPaths(params).report)
 
 
-SETUP_STAGES = ("demo_data", "prepare", "teacher_sft", "teacher")
+SETUP_STAGES = ("demo_data", "prepare", "teacher_sft", "teacher", "judge_check")
 ROUND_STAGES = {"rollout": rollout, "mine": mine, "qa": qa, "verify": verify, "train": train, "evaluate": evaluate}
 RUN_STAGES = {"demo_data": demo_data, "prepare": prepare, "teacher_sft": teacher_sft, "teacher": teacher,
-              "summarize": summarize,
+              "judge_check": judge_check, "summarize": summarize,
               "report": report}
 
 

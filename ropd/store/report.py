@@ -97,6 +97,8 @@ td.pass{background:#dcfce7;text-align:center}td.fail{background:#fee2e2;text-ali
 tr.teacher td:first-child,tr.teacher td:nth-child(2){background:#e0e7ff;font-weight:600}
 .muted{color:#6b7280}.error{color:#991b1b}#tools{position:sticky;top:0;background:#fff;padding:8px 0;z-index:1}
 #filter{width:340px;padding:4px 8px}.scroll{overflow-x:auto}
+.verdict{font-size:16px;padding:6px 10px;border-radius:6px}.verdict-pass{background:#dcfce7}
+.verdict-warn{background:#fef3c7}.verdict-fail{background:#fee2e2}.verdict-skipped{background:#f3f4f6}
 """
 
 SCRIPT = """
@@ -299,6 +301,31 @@ def _spend_section(diagnostics: list[tuple[int, dict[str, Any]]]) -> Safe:
     return join([tag("div", _table(cells, ["round", "role", *USAGE_COLUMNS]), class_="scroll"), tag("p", line)])
 
 
+def _judge_check_section(run_dir: Path) -> Safe:
+    """The judge check's verdict, first thing on the page: a FAIL explains a run that learns nothing."""
+    f = run_dir / "judge_check.json"
+    if not f.is_file():
+        return tag("p", "No judge check: this run predates it (ropd judge check --params FILE measures one).",
+                   class_="muted")
+    doc = json.loads(f.read_text())
+    verdict = tag("p", tag("strong", f"Judge check: {doc['status']}"), f" — {doc['reason']}",
+                  class_=f"verdict verdict-{str(doc['status']).lower()}")
+    judges = tag("p", f"rubricator {doc['rubricator']} · verifier {doc['verifier']} · {doc['n_prompts']} prompt(s), "
+                      "teacher answers against known-bad corruptions of them", class_="muted")
+    figures = [{"figure": x["name"], "value": num(x["value"]), "status": x["status"], "bounds": x["bounds"],
+                "what it measures": x["reason"]} for x in doc.get("figures", [])]
+    per = [{"corruption": k, "separation AUC": num(v), "mean score": num((doc.get("mean_bad_score") or {}).get(k))}
+           for k, v in (doc.get("separation_by_corruption") or {}).items()]
+    parts = [verdict, judges]
+    if figures:
+        parts.append(tag("div", _table(figures, ["figure", "value", "status", "bounds", "what it measures"]),
+                         class_="scroll"))
+    if per:
+        parts.append(tag("p", f"teacher answers' mean score {num(doc.get('mean_teacher_score'))}; by corruption:"))
+        parts.append(tag("div", _table(per, ["corruption", "separation AUC", "mean score"]), class_="scroll"))
+    return join(parts)
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the run's audit report (default `run_dir/report.html`) and return its path."""
     out = out or run_dir / "report.html"
@@ -331,11 +358,13 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     sections = [_prompt_section(pid, prompts.get(pid), teacher.get(pid, []), per_prompt[pid])
                 for pid in sorted(per_prompt)]
     atomic_write_text(_page(run_dir.name, trends, f"{len(sections)} prompt(s) used, of {len(prompts)} in "
-                            "prompts.parquet", sections, _spend_section(diagnostics)), out)
+                            "prompts.parquet", sections, _spend_section(diagnostics), _judge_check_section(run_dir)),
+                      out)
     return out
 
 
-def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections: list[Safe], spend: Safe) -> str:
+def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections: list[Safe], spend: Safe,
+          judge: Safe) -> str:
     rounds = [t["round"] for t in trends]
 
     def series(*cols: str) -> dict[str, list[float | None]]:
@@ -366,6 +395,7 @@ def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections
                  tag("meta", name="viewport", content="width=device-width, initial-scale=1"),
                  tag("title", f"ropd report — {run_id}"), Safe(f"<style>{STYLE}</style>")])
     body = join([tag("h1", f"ropd report — run {run_id}"), facts,
+                 tag("h2", "Is the judge good enough to train on?"), judge,
                  tag("h2", "Across rounds"), charts,
                  tag("h2", "Per round"), tag("div", _table(trends, columns), class_="scroll"),
                  tag("h2", "LLM tokens and spend"), spend,

@@ -8,7 +8,9 @@ reproducible. It is not a model of judging quality: see docs/models.md for real 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import re
 from collections.abc import Callable
 
@@ -108,6 +110,14 @@ def rubric_reply(messages: list[dict[str, str]]) -> dict:
     return {"criteria": {i: {"category": c, "text": t, "points": p} for i, c, t, p in criteria}}
 
 
+def flip_verdicts(reply: dict, noise: float, seed: str) -> dict:
+    """Each verdict flipped with probability `noise`, drawn from a generator seeded by `seed` (the request)."""
+    if noise <= 0:
+        return reply
+    rng = random.Random(hashlib.sha256(seed.encode()).digest())
+    return {"answers": {key: [v != (rng.random() < noise) for v in row] for key, row in reply["answers"].items()}}
+
+
 def verdict_reply(messages: list[dict[str, str]]) -> dict:
     task = _fenced_task(messages)
     if task is None:
@@ -142,12 +152,14 @@ def teacher_reply(messages: list[dict[str, str]], seed: int | None = None) -> st
     return style.format(steps=steps, total=f"{sum(nums):g}") + f"\nAnswer: {sum(nums):g}"
 
 
-def judge_reply(messages: list[dict[str, str]], seed: int | None = None) -> str:
+def judge_reply(messages: list[dict[str, str]], seed: int | None = None, *, noise: float = 0.0,
+                noise_seed: str = "") -> str:
+    """The rule judge's reply; `noise` flips its verdicts (see `flip_verdicts`), seeded by `noise_seed`."""
     kind = request_kind(messages)
     if kind == "rubric":
         return json.dumps(rubric_reply(messages))
     if kind == "verify":
-        return json.dumps(verdict_reply(messages))
+        return json.dumps(flip_verdicts(verdict_reply(messages), noise, noise_seed))
     if kind == "tjudge":
         return json.dumps(tjudge_reply(messages))
     return teacher_reply(messages, seed)

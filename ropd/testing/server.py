@@ -84,10 +84,17 @@ class ScriptedServer:
     """Context manager: `with ScriptedServer() as srv: srv.base_url ...`."""
 
     def __init__(self, latency: float = 0.0, reject_json_schema: bool = False, log_path: Path | None = None,
-                 reasoning: bool = False, llamacpp_formats: bool = False):
+                 reasoning: bool = False, llamacpp_formats: bool = False, noise: float = 0.0):
         """`reasoning=True` behaves like a GPT-5-class model at OpenAI: it refuses `max_tokens`, non-default
         sampling settings, schemas strict mode rejects and unknown Responses parameters, and reports hidden
-        reasoning and prompt-cache tokens in usage."""
+        reasoning and prompt-cache tokens in usage.
+
+        `noise` = ε makes a judge of known quality: each verdict of the rule judge is flipped with
+        probability ε (0.5 is a coin-flip judge), seeded by the request's hash, so a reply stays
+        deterministic and cacheable."""
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"noise must be a probability in [0, 1], got {noise}")
+        self.noise = noise
         self.latency = latency
         self.reject_json_schema = reject_json_schema
         # llama.cpp's server: `json_schema` refused with a 500, a schema taken inside `json_object`.
@@ -310,7 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
             owner._record(entry)
             self._send(200, action.body)
             return
-        content = action.content if action.content is not None else judge_reply(messages, req.get("seed"))
+        content = action.content if action.content is not None else judge_reply(
+            messages, req.get("seed"), noise=owner.noise, noise_seed=entry["key"])
         tokens_in, tokens_out = len(raw) // 4, len(content) // 4
         cached = owner._prompt_cache(messages) if owner.reasoning else 0
         reasoning = REASONING_TOKENS if owner.reasoning else 0
@@ -414,8 +422,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency", type=float, default=0.0, help="seconds before each normal reply")
     ap.add_argument("--log", type=Path, default=None, help="append one JSON line per request here")
     ap.add_argument("--reasoning", action="store_true", help="refuse and report as an OpenAI reasoning model")
+    ap.add_argument("--noise", type=float, default=0.0, help="flip each verdict with this probability")
     args = ap.parse_args(argv)
-    srv = ScriptedServer(latency=args.latency, log_path=args.log, reasoning=args.reasoning).start(args.port)
+    srv = ScriptedServer(latency=args.latency, log_path=args.log, reasoning=args.reasoning,
+                         noise=args.noise).start(args.port)
     print(srv.base_url, flush=True)
     try:
         while True:
