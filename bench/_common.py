@@ -22,13 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def start_server(latency: float, log_path: Path | None = None, *, stderr_path: Path | None = None,
-                 timeout_s: float = 30.0) -> tuple[subprocess.Popen, str]:
+                 timeout_s: float = 30.0, noise: float = 0.0) -> tuple[subprocess.Popen, str]:
     """Start `python -m ropd.testing.server` on a free loopback port; return the process and its base URL.
 
     `stderr_path` collects the server's stderr (any tracebacks from its request threads) instead of
     interleaving it with the benchmark's own output.
     """
-    args = ["--port", "0", "--latency", str(latency)]
+    args = ["--port", "0", "--latency", str(latency), "--noise", str(noise)]
     if log_path is not None:
         args += ["--log", str(log_path)]
     cmd = [sys.executable, "-u", "-m", "ropd.testing.server", *args]

@@ -134,7 +134,10 @@ def test_enforced_fail_stops_before_round_0(tmp_path: Path, smollm2_dir: Path) -
                             {"judge_check": {"prompts": 2, "enforce": True}})
         proc = subprocess.run([str(BIN / "ropd"), "run"], cwd=proj, capture_output=True, text=True,
                               env=project_env(), timeout=600)
+        by_hand = subprocess.run([str(BIN / "ropd"), "stage", "rollout", "--round", "0"], cwd=proj,
+                                 capture_output=True, text=True, env=project_env(), timeout=600)
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert by_hand.returncode == 2 and "judge check has not passed" in by_hand.stdout, by_hand.stdout[-2000:]
     run = proj / "data" / "runs" / "tiny"
     assert "judge check FAILED" in proc.stdout and "Nothing was trained" in proc.stdout
     stopped = json.loads((run / "stopped.json").read_text())

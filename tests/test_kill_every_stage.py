@@ -32,6 +32,7 @@ PLAN: list[tuple[list[str], str | None]] = [
     (["prepare"], "round_0"),
     (["teacher_sft"], "teacher-sft"),
     (["teacher"], None),
+    (["judge_check"], "judge_check.gate"),
     (["rollout", "--round", "0"], "rollouts.parquet"),
     (["mine", "--round", "0"], None),
     (["qa", "--round", "0"], "qa.json"),

@@ -230,10 +230,10 @@ def render_summary(result: JudgeCheckResult) -> str:
     if result.separation_by_corruption:
         per = ", ".join(f"{k} {'—' if v is None else f'{v:.2f}'}" for k, v in result.separation_by_corruption.items())
         lines.append(f"  separation by corruption: {per}")
-    skipped = [f"{c.prompt_id}: {k} ({why})" for c in result.prompts for k, why in c.not_applicable.items()]
+    skipped = [f"{c.prompt_id[:12]}: {k} ({why})" for c in result.prompts for k, why in c.not_applicable.items()]
     if skipped:
         lines.append("  not applicable: " + "; ".join(skipped))
-    failed = [f"{c.prompt_id}: {c.error}" for c in result.prompts if c.error]
+    failed = [f"{c.prompt_id[:12]}: {c.error}" for c in result.prompts if c.error]
     if failed:
         lines.append("  not judged: " + "; ".join(failed))
     return "\n".join(lines)

@@ -361,6 +361,9 @@ def rollout(params: Params, r: int) -> None:
     with run_lock(paths.run):
         if _not_used(params, "rollout", paths.round(r), ["rollouts.parquet"]):
             return
+        if params.judge_check.enforce and not paths.judge_gate.is_file():
+            raise ValueError(f"round {r}: judge_check.enforce is on and the judge check has not passed (no "
+                             f"{paths.judge_gate}; see {paths.judge_check}): run `ropd stage judge_check` first")
         df = _prompts(paths)
         mine = df[df["round"] == r]
         if mine.empty:
