@@ -6,6 +6,7 @@ for one GIL; the figures then measure the client, as they would against a remote
 
 from __future__ import annotations
 
+import argparse
 import json
 import selectors
 import subprocess
@@ -19,6 +20,23 @@ from ropd.llm.openai_compat import OpenAICompatChat
 from ropd.rubric.engine import Group
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def study_args(doc: str, presets: list[str], what: str, choices: list[str],
+               params_help: str) -> tuple[argparse.Namespace, list[str]]:
+    """The study benches' command line (--preset, --<what> a comma-separated subset of `choices`, --params,
+    --work, --out), and the chosen subset in order."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(presets), default="small")
+    ap.add_argument(f"--{what}", default=",".join(choices), help="comma-separated subset of " + ",".join(choices))
+    ap.add_argument("--params", type=Path, default=REPO / "params.yaml", help=params_help)
+    ap.add_argument("--work", type=Path, default=REPO / "data" / "bench", help="runs, models and call caches")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "results", help="where the JSON and PNG go")
+    args = ap.parse_args()
+    chosen = [c.strip() for c in getattr(args, what).split(",") if c.strip()]
+    if unknown := set(chosen) - set(choices):
+        ap.error(f"unknown {what} {sorted(unknown)}; choose from {', '.join(choices)}")
+    return args, chosen
 
 
 def start_server(latency: float, log_path: Path | None = None, *, stderr_path: Path | None = None,

@@ -24,7 +24,6 @@ finished arm (named by a hash of its settings) is read back, and every LLM call 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import start_server, stop_server
+from _common import start_server, stop_server, study_args
 from sample_efficiency import prune_optimizer_state, stage_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,16 +167,7 @@ def gains(rows: list[dict[str, Any]], key: str) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    ap.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ",".join(ARMS))
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="base params (GRPO, the 135M judge)")
-    ap.add_argument("--work", type=Path, default=ROOT / "data" / "bench", help="runs, models and call caches")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where the JSON and PNG go")
-    args = ap.parse_args()
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    if unknown := set(arms) - set(ARMS):
-        ap.error(f"unknown arms {sorted(unknown)}; choose from {', '.join(ARMS)}")
+    args, arms = study_args(__doc__ or "", list(PRESETS), "arms", list(ARMS), "base params (GRPO, the 135M judge)")
     preset = PRESETS[args.preset]
     base = yaml.safe_load(args.params.read_text())
     root = (args.work / f"judge_quality-{args.preset}").resolve()

@@ -24,7 +24,6 @@ each method needed to reach SFT's final accuracy (null if it never did).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -119,16 +118,10 @@ def plot(rows: list[dict[str, Any]], methods: list[str], out: Path, title: str, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml", help="base params (judges, GRPO, ...)")
-    ap.add_argument("--work", type=Path, default=ROOT / "data" / "bench", help="runs, models and call cache")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where the JSON and PNG go")
-    args = ap.parse_args()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if unknown := set(methods) - set(METHODS):
-        ap.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    from _common import study_args  # here: tests import this file by path, without bench/ on sys.path
+
+    args, methods = study_args(__doc__ or "", list(PRESETS), "methods", list(METHODS),
+                               "base params (judges, GRPO, ...)")
     preset = PRESETS[args.preset]
     base = yaml.safe_load(args.params.read_text())
     work = (args.work / f"sample_efficiency-{args.preset}").resolve()
