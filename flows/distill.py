@@ -33,7 +33,7 @@ from ropd.pipeline.dag import content_hash, params_digest, stage_io
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.stages import ROUND_STAGES, SETUP_STAGES, RunPaths, run_stage
 
-LLM_STAGES = {"teacher", "mine", "verify", "evaluate"}
+LLM_STAGES = {"teacher", "judge_check", "mine", "verify", "evaluate"}
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, task_run_name="{name}-{r}")
@@ -72,8 +72,9 @@ def _dvc_commit(logger) -> None:
 
 @flow(name="ropd-distill", log_prints=True)
 def distill(params_file: str = "params.yaml") -> dict:
-    """Teacher (and the white-box teacher when needed), then per round: rollout → mine → qa → verify →
-    train → evaluate; then summary and report."""
+    """Teacher (and the white-box teacher when needed) and the judge check, then per round: rollout → mine →
+    qa → verify → train → evaluate; then summary and report. An enforced judge-check FAIL fails the flow run
+    before round 0."""
     logger = get_run_logger()
     params = load_params(params_file)
     paths = RunPaths(params)

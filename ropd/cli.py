@@ -239,8 +239,9 @@ def summary(params: Annotated[Path, typer.Option(help="the run's configuration")
         colour = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}.get(check.status, "white")
         console.print(render_summary(check), style=f"bold {colour}", soft_wrap=True, markup=False)
         if check.status == "FAIL":
-            console.print("  A judge that FAILs gives every answer nearly the same reward, so GRPO's advantages, "
-                          "and the update, are about 0 (docs/results.md).", soft_wrap=True)
+            console.print("  Rewards from a judge that FAILs say little about answer quality: GRPO then learns nothing "
+                          "(equal rewards give zero advantages, as with the demo's 135M judge) or learns noise "
+                          "(docs/results.md).", soft_wrap=True)
     if paths.history.is_file():
         rows = json.loads(paths.history.read_text())
         table = Table(title=f"run {p.run_id}: per-round figures")
