@@ -274,9 +274,10 @@ class GRPOLearner:
             self.step += 1
             metrics["steps"] += 1
             metrics["loss"] += loss_total
-            metrics["grad_norm"] = float(grad_norm)
+            metrics["grad_norm"] += float(grad_norm)  # the mean over steps: a last step on one flat group has 0
             metrics["tokens"] += n_tokens
         metrics["loss"] /= max(metrics["steps"], 1)
+        metrics["grad_norm"] /= max(metrics["steps"], 1)
         per_token = {"clip_low_frac": "clip_low_sum", "clip_high_frac": "clip_high_sum",
                      "clip_dual_frac": "clip_dual_sum", "ratio_mean": "ratio_sum",
                      "tis_truncated_frac": "tis_truncated_sum", "tis_weight_mean": "tis_weight_sum"}
