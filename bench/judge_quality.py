@@ -70,7 +70,10 @@ def arm_params(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int
     # the pipeline's own evaluation only after the last round, accuracy only: the gold judge scores every round
     data["eval"] = {"n_prompts": preset["heldout"], "k": 1, "temperature": 0.0,
                     "max_new_tokens": preset["max_new_tokens"], "every": 10_000, "rubric_prompts": preset["heldout"]}
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+    ident = json.loads(json.dumps(data))
+    for role in ("rubricator", "verifier"):
+        ident[role].pop("base_url", None)  # a fresh port every run; the model name names the judge
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     data["run_id"] = f"jq-{tag}-{arm}-s{seed}-{digest}"
     return data
 
