@@ -277,7 +277,7 @@ def judge_check(params: Annotated[Path, typer.Option(help="the run's configurati
 
     with _pipeline_errors():
         p = load_params(params)
-        for name in SETUP_STAGES[:-1]:
+        for name in SETUP_STAGES[:SETUP_STAGES.index("judge_check")]:
             if name == "demo_data" and p.data.source != "demo":
                 continue
             if not all(out.exists() for out in stage_io(p, name)[1]):

@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -47,6 +47,9 @@ from ropd.rubric.schema import Rubric
 from ropd.rubric.tables import GroupMeta, rubric_frames, verdict_frames
 from ropd.teacher import TeacherIndex, TeacherPrompt, build_index, dataset_index, fingerprint
 
+if TYPE_CHECKING:
+    from ropd.eval.judge_check import JudgeCheckResult
+
 CACHE_FILE = Path("data/cache/llm_calls.sqlite")
 
 
@@ -72,6 +75,12 @@ def _stop(exc: type[RunStop], path: Path, reason: str, **figures: Any) -> NoRetu
     kind = {QualityGateStop: "quality_gate", BudgetStop: "budget", JudgeCheckStop: "judge_check"}[exc]
     _json({"stopped": True, "kind": kind, "reason": reason, **figures}, path)
     raise exc(reason)
+
+
+def _clear_stop(path: Path, kind: str) -> None:
+    """Remove a `stopped.json` of `kind` once its cause is gone (another kind's stop stays)."""
+    if path.is_file() and json.loads(path.read_text()).get("kind") == kind:
+        path.unlink()
 
 
 class RunPaths:
@@ -216,8 +225,7 @@ def _budget_gate(params: Params, stage: str, r: int | None, where: Path, plan: P
             resume = f"`ropd stage {stage}{'' if r is None else f' --round {r}'}` (or dvc repro, or the flow)"
             _stop(BudgetStop, stopped, status.reason(resume), **status.model_dump(exclude={"stage", "round"}),
                   stage=stage, round=r)
-    if stopped.is_file() and json.loads(stopped.read_text()).get("kind") == "budget":
-        stopped.unlink()
+    _clear_stop(stopped, "budget")
 
 
 def teacher_sft(params: Params) -> None:
@@ -299,12 +307,11 @@ def judge_check(params: Params) -> None:
             _stop(JudgeCheckStop, stopped, f"judge check FAILED, and judge_check.enforce is on: {result.reason}. "
                   f"Nothing was trained. See {paths.judge_check}; fix the judge (or set judge_check.enforce: false) "
                   "and rerun.", status=result.status)
-        if stopped.is_file() and json.loads(stopped.read_text()).get("kind") == "judge_check":
-            stopped.unlink()
+        _clear_stop(stopped, "judge_check")
         atomic_write_text("open\n", paths.judge_gate)
 
 
-def judge_check_result(params: Params) -> Any:
+def judge_check_result(params: Params) -> JudgeCheckResult:
     """The judge check on the first `judge_check.prompts` training prompts in schedule order (round 0's first),
     with their teacher answers; SKIPPED where the method trains on no rubric verdicts."""
     from ropd.eval.judge_check import CheckItem, JudgeCheckResult
@@ -326,7 +333,7 @@ def judge_check_result(params: Params) -> Any:
     items = [CheckItem(prompt_id=str(pid), question=questions[str(pid)], teacher=index.answers(str(pid)))
              for pid in train["prompt_id"]]
 
-    async def body(rubricator: ChatModel, verifier: ChatModel) -> Any:
+    async def body(rubricator: ChatModel, verifier: ChatModel) -> JudgeCheckResult:
         return await run_check(items, rubricator, verifier, params.engine, params.judge_check, names)
 
     return _with_chats(params, ("rubricator", "verifier"), body, "judge_check")
