@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ropd.config import EngineConfig, LimitsConfig, QualityGate, RoleConfig
 from ropd.eval.judge_check import JudgeCheckParams
+from ropd.pipeline.launch import LaunchParams
 from ropd.rollout.base import SamplingParams
 from ropd.store.qa import QAConfig
 from ropd.train.config import GRPOConfig, LOPDSettings, SFTSettings
@@ -128,6 +129,7 @@ class Params(BaseModel):
     teacher_sft: TeacherSFTParams = TeacherSFTParams()
     budget: BudgetParams = BudgetParams()
     judge_check: JudgeCheckParams = JudgeCheckParams()
+    launch: LaunchParams = LaunchParams()
 
     @field_validator("rounds", mode="before")
     @classmethod

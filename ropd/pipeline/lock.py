@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ropd.pipeline.launch import LAUNCHED_ENV
+
 _held: dict[Path, int] = {}  # re-entrant within a process: a flow holds it while its stages take it again
 
 
@@ -19,6 +21,9 @@ class RunLocked(RuntimeError):
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     run_dir = Path(run_dir).resolve()
+    if os.environ.get(LAUNCHED_ENV) == str(run_dir):  # a launched stage's child: its parent holds the lock
+        yield
+        return
     if run_dir in _held:
         _held[run_dir] += 1
         try:

@@ -40,6 +40,7 @@ from ropd.llm.errors import LLMError
 from ropd.llm.factory import make_chat
 from ropd.llm.limits import CallLimiter
 from ropd.params import Params
+from ropd.pipeline.launch import is_main, launched, process_device, process_group, rank_world, run_launched
 from ropd.pipeline.lock import run_lock
 from ropd.rubric.engine import Group, GroupResult, GroupStatus, JudgeFailure, induce_rubric, verify_group
 from ropd.rubric.prompts import RUBRICATOR_VERSION, render_conversation
@@ -72,9 +73,14 @@ class JudgeCheckStop(RunStop):
 
 def _stop(exc: type[RunStop], path: Path, reason: str, **figures: Any) -> NoReturn:
     """Write `stopped.json` ({"stopped": true, "kind", "reason", figures…}) and raise `exc`."""
-    kind = {QualityGateStop: "quality_gate", BudgetStop: "budget", JudgeCheckStop: "judge_check"}[exc]
-    _json({"stopped": True, "kind": kind, "reason": reason, **figures}, path)
+    kind = next(k for k, cls in STOPS.items() if cls is exc)
+    if is_main():  # the other processes of a launched stage raise the same stop without writing
+        _json({"stopped": True, "kind": kind, "reason": reason, **figures}, path)
     raise exc(reason)
+
+
+STOPS: dict[str, type[RunStop]] = {"quality_gate": QualityGateStop, "budget": BudgetStop,
+                                   "judge_check": JudgeCheckStop}
 
 
 def _clear_stop(path: Path, kind: str) -> None:
@@ -342,6 +348,8 @@ def judge_check_result(params: Params) -> JudgeCheckResult:
 # -- methods ---------------------------------------------------------------------------------------------
 # Which round stages each method runs; the others write empty outputs, so one DAG serves every method.
 USES = {"ropd": {"rollout", "mine", "qa", "verify"}, "tjudge": {"rollout", "verify"}, "sft": set(), "lopd": set()}
+# The stages that run under `launch.command`: GRPO's rollout and update (the TRL baselines launch themselves).
+USES_LAUNCH = {method: (used & {"rollout"}) | ({"train"} if used else set()) for method, used in USES.items()}
 
 
 def _not_used(params: Params, stage: str, rd: Path, outputs: list[str]) -> bool:
@@ -376,10 +384,22 @@ def rollout(params: Params, r: int) -> None:
         if mine.empty:
             pool = int((df["split"] == "train").sum())
             raise ValueError(f"round {r}: no prompts assigned. {_pool_too_small(params, pool)}")
-        model, tokenizer = load_policy(paths.checkpoint(r), params.student.device)
-        sampler = TransformersSampler(model, tokenizer, params.student.device, params.student.chat_template_kwargs)
+        device = process_device(params.student.device)
+        model, tokenizer = load_policy(paths.checkpoint(r), device)
+        sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
         sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
-        rollouts = sampler.sample({row["prompt_id"]: _messages(row) for _, row in mine.iterrows()}, sampling)
+        chats = {row["prompt_id"]: _messages(row) for _, row in mine.iterrows()}
+        rank, world = rank_world()
+        rollouts = sampler.sample(chats, sampling, shard=(rank, world))
+        if world > 1:  # every process sampled its share of the batches: the main one writes them all
+            from accelerate import PartialState
+            from accelerate.utils import gather_object
+
+            PartialState(cpu=not device.startswith("cuda"))  # joins the launcher's process group
+            order = {pid: k for k, pid in enumerate(chats)}
+            rollouts = sorted(gather_object(rollouts), key=lambda ro: (order[ro.prompt_id], ro.sample_idx))
+            if not is_main():
+                return
         out = pd.DataFrame([{"run_id": params.run_id, "round": r, **ro.model_dump(),
                              "checkpoint": paths.checkpoint(r).name} for ro in rollouts])
         atomic_write_parquet(out, paths.round(r) / "rollouts.parquet")
@@ -642,6 +662,8 @@ def train(params: Params, r: int) -> None:
         except ValueError as exc:  # e.g. grpo.tis_cap on rollouts without sampler log-probs: name the round
             raise ValueError(f"round {r} ({rd / 'rollouts.parquet'}): {exc}") from exc
         learner.save(paths.checkpoint(r + 1))
+        if not is_main():
+            return
         ok = rewards[rewards["status"] == "ok"]["reward"]
         _json({"round": r, "method": params.method, **metrics, "failed_share": failed_share,
                "mean_reward": float(ok.mean()) if len(ok) else None}, rd / "train_metrics.json")
@@ -759,8 +781,16 @@ def run_stage(params: Params, name: str, r: int | None = None) -> None:
         fn, args = ROUND_STAGES[name], (params, r)
     else:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join([*RUN_STAGES, *ROUND_STAGES])}")
+    if launched():  # a child of a launched stage: the parent records the time
+        with process_group():
+            fn(*args)
+        return
     t0 = time.perf_counter()
-    fn(*args)
+    if params.launch.command and name in params.launch.stages and name in USES_LAUNCH[params.method]:
+        with run_lock(RunPaths(params).run):
+            run_launched(params.launch.command, params.model_dump_json(), RunPaths(params).run, name, r)
+    else:
+        fn(*args)
     timings = Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl"
     timings.parent.mkdir(parents=True, exist_ok=True)
     with timings.open("a") as f:

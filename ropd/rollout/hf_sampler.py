@@ -37,7 +37,14 @@ class TransformersSampler:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         return cls(model, AutoTokenizer.from_pretrained(path), device, chat_template_kwargs)
 
-    def sample(self, prompts: dict[str, list[dict[str, str]]], params: SamplingParams) -> list[Rollout]:
+    def sample(self, prompts: dict[str, list[dict[str, str]]], params: SamplingParams,
+               shard: tuple[int, int] = (0, 1)) -> list[Rollout]:
+        """Every prompt's n rollouts; with `shard=(rank, world)` only the batches b with b % world == rank.
+
+        Batches and their seeds do not depend on the sharding, so the processes of a launched stage
+        draw together exactly the rollouts one process would.
+        """
+        rank, world = shard
         jobs = [(pid, i) for pid in prompts for i in range(params.n)]
         encoded = {pid: encode_prompt(self.tokenizer, msgs, self.chat_template_kwargs)
                    for pid, msgs in prompts.items()}
@@ -48,6 +55,8 @@ class TransformersSampler:
         try:
             starts = range(0, len(jobs), params.batch_size)
             for b, start in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) < 2)):
+                if b % world != rank:
+                    continue
                 batch = jobs[start : start + params.batch_size]
                 enc = self.tokenizer.pad({"input_ids": [encoded[pid] for pid, _ in batch]},
                                          return_tensors="pt").to(self.device)

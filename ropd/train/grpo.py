@@ -1,9 +1,10 @@
 """The GRPO update: clipped surrogate with separate ε_low/ε_high, token-mean loss, optional KL, masking.
 
-It runs under `accelerate`: one CPU process by default, several GPUs with `accelerate launch`. A
-round's rollouts are split into mini-batches of whole prompt groups, one optimizer step each. The old
-log-probabilities are computed for the whole round before the first step, so the later mini-batches
-are off-policy and the importance ratio, the clip and (optionally) dual-clip act, as in the paper's
+It runs under `accelerate`: one CPU process by default, several (GPUs, or gloo on CPU) when the stage
+is started under a launcher (`launch.command`, docs/scale.md). A round's rollouts are split into
+mini-batches of whole prompt groups, one optimizer step each. The old log-probabilities are computed
+for the whole round before the first step, so the later mini-batches are off-policy and the
+importance ratio, the clip and (optionally) dual-clip act, as in the paper's
 recipe. Optional truncated importance sampling (TIS) corrects for the sampler's log-probabilities
 differing from the trainer's.
 """
@@ -213,16 +214,24 @@ class GRPOLearner:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # -- the update ------------------------------------------------------------------------
-    def _micro_batches(self, samples: list[TrainSample]) -> list[list[TrainSample]]:
-        mb = self.cfg.micro_batch_size
-        return [samples[i : i + mb] for i in range(0, len(samples), mb)]
+    def _micro_batches(self, mini: list[TrainSample]) -> list[list[TrainSample]]:
+        """This process's share of a mini-batch (every `world`-th sample), cut into micro-batches.
+
+        Every process gets the same number of micro-batches, the short ones padded with a masked copy
+        (zero loss, zero gradient): under DDP each backward is an all-reduce, and processes with
+        different counts would pair one's micro-batch with another's next step, or hang.
+        """
+        world, rank, mb = self.accelerator.num_processes, self.accelerator.process_index, self.cfg.micro_batch_size
+        shard = mini[rank::world]
+        micros = [shard[i : i + mb] for i in range(0, len(shard), mb)]
+        per_process = -(-len(mini) // world)
+        filler = mini[0].model_copy(update={"mask": False})
+        return micros + [[filler]] * (-(-per_process // mb) - len(micros))
 
     @torch.no_grad()
-    def _logprobs(self, model: Any, samples: list[TrainSample]) -> list[torch.Tensor]:
+    def _logprobs(self, model: Any, micros: list[list[TrainSample]]) -> list[torch.Tensor]:
         model.eval()
-        out = [token_logprobs(model, _pad_batch(m, self.pad_id, self.accelerator.device))
-               for m in self._micro_batches(samples)]
-        return out
+        return [token_logprobs(model, _pad_batch(m, self.pad_id, self.accelerator.device)) for m in micros]
 
     def train_round(self, samples: list[TrainSample]) -> dict[str, float]:
         """One round: old log-probs first, then one optimizer step per mini-batch of `mini_batch_prompts` groups.
@@ -243,21 +252,20 @@ class GRPOLearner:
         if self.cfg.tis_cap is not None and bare is not None:
             raise ValueError(f"grpo.tis_cap is set, but a rollout of prompt {bare.prompt_id!r} has no sampler "
                              "log-probs: sample it again with a sampler that records them")
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        minis = prompt_mini_batches(live, self.cfg.mini_batch_prompts)
+        world = self.accelerator.num_processes
+        minis = [(mini, self._micro_batches(mini)) for mini in prompt_mini_batches(live, self.cfg.mini_batch_prompts)]
         # Old log-probs of every later mini-batch must come from the round's starting weights; the
         # first mini-batch's are the current ones, so its forward pass doubles as the old pass.
-        olds = [None] + [self._logprobs(self.model, m[rank::world]) for m in minis[1:]]
+        olds = [None] + [self._logprobs(self.model, micros) for _, micros in minis[1:]]
         totals: dict[str, float] = defaultdict(float)
-        for mini, old in zip(minis, olds, strict=True):
+        for (mini, micros), old in zip(minis, olds, strict=True):
             n_tokens = float(sum(len(s.completion_ids) for s in mini))
-            shard = mini[rank::world]
-            totals["shard_tokens"] += float(sum(len(s.completion_ids) for s in shard))
-            ref = self._logprobs(self.ref_model, shard) if self.ref_model is not None else None
+            totals["shard_tokens"] += float(sum(len(s.completion_ids) for m in micros for s in m if s.mask))
+            ref = self._logprobs(self.ref_model, micros) if self.ref_model is not None else None
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             loss_total = 0.0
-            for j, micro in enumerate(self._micro_batches(shard)):
+            for j, micro in enumerate(micros):
                 batch = _pad_batch(micro, self.pad_id, self.accelerator.device)
                 logp = token_logprobs(self.model, batch)
                 old_logp = old[j] if old is not None else logp.detach()
@@ -273,7 +281,7 @@ class GRPOLearner:
             self.optimizer.step()
             self.step += 1
             metrics["steps"] += 1
-            metrics["loss"] += loss_total
+            metrics["loss"] += self._across(loss_total) / world  # each process's loss is world × its share
             metrics["grad_norm"] += float(grad_norm)  # the mean over steps: a last step on one flat group has 0
             metrics["tokens"] += n_tokens
         metrics["loss"] /= max(metrics["steps"], 1)
@@ -281,22 +289,33 @@ class GRPOLearner:
         per_token = {"clip_low_frac": "clip_low_sum", "clip_high_frac": "clip_high_sum",
                      "clip_dual_frac": "clip_dual_sum", "ratio_mean": "ratio_sum",
                      "tis_truncated_frac": "tis_truncated_sum", "tis_weight_mean": "tis_weight_sum"}
+        totals = {key: self._across(value) for key, value in sorted(totals.items())}  # same order on every process
         for name, key in per_token.items():
             if name in metrics:
-                metrics[name] = totals[key] / max(totals["shard_tokens"], 1.0)  # this process's tokens
+                metrics[name] = totals.get(key, 0.0) / max(totals["shard_tokens"], 1.0)  # over all processes
         metrics["clip_frac"] = metrics["clip_low_frac"] + metrics["clip_high_frac"]
+        metrics["ratio_max"] = self._across(metrics["ratio_max"], "max")
         return metrics
+
+    def _across(self, value: float, op: str = "sum") -> float:
+        """A figure over all processes (itself when there is one), so every process reports the same metrics."""
+        if self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor(value, dtype=torch.float64, device=self.accelerator.device)
+        return float(self.accelerator.reduce(tensor, op))
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, path: Path) -> Path:
         """Write model, tokenizer, optimizer and step to `path` atomically (temp dir + rename)."""
         path = Path(path)
         self.accelerator.wait_for_everyone()
+        # On several processes every one takes part: FSDP and ZeRO-3 gather the full weights from the shards.
+        weights = self.accelerator.get_state_dict(self.model) if self.accelerator.num_processes > 1 else None
         if not self.accelerator.is_main_process:
             return path
         with atomic_dir(path) as tmp:
             model = self.accelerator.unwrap_model(self.model)
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             torch.save(self.optimizer.state_dict(), tmp / OPTIM_FILE)
             state = {"step": self.step, "lora": _is_peft(model), "config": self.cfg.model_dump()}
