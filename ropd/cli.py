@@ -24,7 +24,7 @@ from ropd.models import DEFAULT_MODELS_DIR, ModelPrepError, prepare_all
 from ropd.rubric.engine import Group, score_groups
 from ropd.rubric.prompts import RUBRICATOR_VERSION
 from ropd.rubric.tables import result_frames, teacher_below_student_rate
-from ropd.store.cli import audit, report, store_app
+from ropd.store.cli import audit, export, import_app, report, store_app
 from ropd.teacher import TeacherIndex, TeacherPrompt, dataset_index, fingerprint
 from ropd.testing.server import ScriptedServer
 
@@ -291,6 +291,8 @@ def judge_check(params: Annotated[Path, typer.Option(help="the run's configurati
 app.add_typer(store_app, name="store")
 app.command("audit")(audit)
 app.command("report")(report)
+app.command("export")(export)
+app.add_typer(import_app, name="import")
 
 cost_app = typer.Typer(no_args_is_help=True, help="What a run's LLM calls cost (roles' `price`, `budget`)")
 app.add_typer(cost_app, name="cost")

@@ -87,3 +87,14 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):  # a loaded 2-core machine needs more than 30 s
         yield
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete run directory, `runs/demo` (tests/test_store_fixtures.py), built once per session.
+
+    Building it loads MiniLM and runs QA (seconds); tests copy it with `shutil.copytree` before changing it.
+    """
+    from tests.test_store_fixtures import write_run
+
+    return write_run(tmp_path_factory.mktemp("finished") / "runs", "demo")

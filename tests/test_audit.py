@@ -11,7 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from ropd.store.audit import CANNED, canned, prompt_story
 from ropd.store.cli import audit, report, store_app
+from ropd.store.db import Store
+from ropd.store.terminal import fit_table, short_ids
 from tests.test_store_fixtures import RUN_ID, write_run
 
 app = typer.Typer()
@@ -127,3 +130,48 @@ def test_report_command(env: tuple[Path, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0 and "wrote" in result.output and out.stat().st_size > 10_000
     result = CliRunner().invoke(app, ["report", "nope", "--runs", str(root / "runs")])
     assert result.exit_code == 1 and "no run 'nope'" in result.output
+
+
+def test_tables_fit_80_columns(env: tuple[Path, Path]) -> None:
+    _, db = env
+    for args in (("audit", "worst-rubrics"), ("audit", "failed-criteria"), ("audit", "trends"),
+                 ("audit", "prompt", "p-pencils"), ("audit", "prompt", "p-essay"),
+                 ("audit", "--sql", "SELECT * FROM rubric_health"), ("audit", "imports"), ("store", "ingest",
+                                                                                      str(env[0] / "runs" / RUN_ID))):
+        result = CliRunner().invoke(app, [*args, "--db", str(db)], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+        assert "…" not in result.output  # neither a header nor a cell of the fixture is cut
+    # The 16-hex rubric id shows as 8 characters in the table; csv keeps every column, ids whole.
+    out = cli(db, "audit", "prompt", "p-pencils", "--round", "0")[1]
+    rubric_id = json.loads(cli(db, "audit", "prompt", "p-pencils", "--round", "0", "-f", "json")[1])["rubric"][0][
+        "rubric_id"]
+    assert len(rubric_id) == 16 and f"rubric_id={rubric_id[:8]}" in out and rubric_id not in out
+    header = next(csv.reader(io.StringIO(cli(db, "audit", "worst-rubrics", "-f", "csv")[1])))
+    assert len(header) == 12 and "n_criteria" in header and "teacher_below_student" in header
+
+
+def test_every_header_is_a_whole_column_name(env: tuple[Path, Path]) -> None:
+    _, db = env
+    con = Store(db).connect()
+    try:
+        results = [canned(con, v) for v in CANNED] + prompt_story(con, "p-pencils")
+    finally:
+        con.close()
+    for r in results:
+        table = fit_table(r.title, r.columns, r.rows, 80, r.table)
+        headers = [str(c.header).replace("_\n", "_") for c in table.columns]
+        assert headers and all(h in r.columns for h in headers), (r.title, headers)
+        if r.title in ("rubric", "failed-criteria"):  # the columns that matter survive the squeeze
+            assert {"criterion_id", "text"} <= set(headers)
+
+
+def test_short_ids_stay_unique_and_prompt_prefixes_resolve(env: tuple[Path, Path]) -> None:
+    assert short_ids(["abcdef0123", "abcdef0199", "abcdef0123"]) == ["abcdef012", "abcdef019", "abcdef012"]
+    assert short_ids(["0123456789ab", "fedcba987654"]) == ["01234567", "fedcba98"]
+    _, db = env
+    code, out = cli(db, "audit", "prompt", "p-pen", "-f", "json")
+    assert code == 0 and json.loads(out)["prompt"][0]["reference_answer"] == "27"
+    code, out = cli(db, "audit", "prompt", "p-")
+    assert code == 1 and "ambiguous" in out and "p-cookies" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ropd.rubric.schema import Rubric
 
 
@@ -9,8 +11,12 @@ def weighted_score(rubric: Rubric, verdicts: list[bool]) -> float:
     """Weighted pass rate of one answer, in [0, 1]."""
     if len(verdicts) != len(rubric.criteria):
         raise ValueError(f"{len(verdicts)} verdicts for a rubric of {len(rubric.criteria)} criteria")
-    earned = sum(c.points for c, v in zip(rubric.criteria, verdicts, strict=True) if v)
-    return earned / rubric.max_score
+    return weighted_rate([c.points for c in rubric.criteria], verdicts)
+
+
+def weighted_rate(weights: Sequence[float], verdicts: Sequence[bool]) -> float:
+    """Σ w·v / Σ w for any non-negative weights: the reward, also for what-if weights (`ropd audit rescore`)."""
+    return sum(w for w, v in zip(weights, verdicts, strict=True) if v) / sum(weights)
 
 
 def raw_points(rubric: Rubric, verdicts: list[bool]) -> int:

@@ -34,6 +34,30 @@ CANNED: dict[str, str] = {
         ORDER BY fail_rate DESC, teacher_fail_rate DESC NULLS LAST, n_answers DESC, run_id, round, group_id,
                  criterion_id LIMIT $limit""",
     "trends": f"SELECT * FROM round_trends WHERE {_SCOPE} LIMIT $limit",
+    # External rubric sets (`ropd import rubrics`); they belong to no run, so --run leaves none.
+    "imports": """
+        SELECT source_file, rubric_line, prompt_id, rubric_id, round, n_criteria, max_score, flags, file_sha256,
+               imported_at
+        FROM imported_rubrics WHERE $run IS NULL AND ($round IS NULL OR round = $round)
+        ORDER BY source_file, rubric_line LIMIT $limit""",
+}
+
+# The columns that matter most in a terminal table, first; the rest follow if they fit (ropd/store/terminal.py).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "worst-rubrics": ("run_id", "round", "prompt_id", "group_id", "issues", "flags", "teacher_mean", "student_mean",
+                      "non_discriminative", "teacher_below_student"),
+    "failed-criteria": ("run_id", "round", "group_id", "criterion_id", "fail_rate", "teacher_fail_rate", "text"),
+    "trends": ("run_id", "round", "mean_reward", "teacher_mean", "reward_auc", "judge_error_rate", "flagged",
+               "merges"),
+    "imports": ("source_file", "rubric_line", "prompt_id", "n_criteria", "flags"),
+    "prompt": ("question", "reference_answer"),
+    "rollouts": ("run_id", "round", "group_id", "sample_idx", "reward", "status", "text"),
+    "rubric": ("run_id", "round", "group_id", "rubric_id", "criterion_id", "points", "text", "category"),
+    "merges": ("run_id", "round", "group_id", "kind", "similarity", "kept_criterion_id", "dropped_criterion_id",
+               "dropped_text"),
+    "verdict matrix": ("run_id", "round", "group_id", "pool_position", "source", "answer_idx", "verdicts",
+                       "weighted", "criterion_ids"),
+    "failures": ("run_id", "round", "group_id", "stage", "error_type", "message"),
 }
 
 STORY: dict[str, str] = {
@@ -59,9 +83,12 @@ STORY: dict[str, str] = {
 
 @dataclass
 class Result:
+    """`table`: the columns a terminal table shows first (`TABLE_COLUMNS`); CSV and JSON show all of them."""
+
     title: str
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    table: tuple[str, ...] = ()
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
@@ -79,7 +106,7 @@ def run_query(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] |
         rows = cur.fetchall() if cur.description else []
     except duckdb.Error as e:
         raise QueryError(str(e)) from e
-    return Result(title, columns, rows)
+    return Result(title, columns, rows, TABLE_COLUMNS.get(title, ()))
 
 
 def canned(con: duckdb.DuckDBPyConnection, view: str, run: str | None = None, round: int | None = None,
@@ -91,7 +118,11 @@ def canned(con: duckdb.DuckDBPyConnection, view: str, run: str | None = None, ro
 
 def prompt_story(con: duckdb.DuckDBPyConnection, prompt_id: str, run: str | None = None,
                  round: int | None = None) -> list[Result]:
-    """Everything about one prompt: question, teacher answers, rollouts, rubric, merges, verdicts, failures."""
+    """Everything about one prompt: question, teacher answers, rollouts, rubric, merges, verdicts, failures.
+
+    `prompt_id` may be a unique prefix, such as the 8 characters a terminal table shows of a hash id.
+    """
+    prompt_id = resolve_prompt(con, prompt_id)
     results = []
     for title, sql in STORY.items():
         params = {"prompt": prompt_id, "run": run} | ({} if title in ("prompt", "teacher answers") else
@@ -100,6 +131,18 @@ def prompt_story(con: duckdb.DuckDBPyConnection, prompt_id: str, run: str | None
     if not any(r.rows for r in results):
         raise QueryError(f"prompt {prompt_id!r} is not in the store" + (f" for run {run!r}" if run else ""))
     return [r for r in results if r.rows]
+
+
+def resolve_prompt(con: duckdb.DuckDBPyConnection, prefix: str) -> str:
+    """The prompt id `prefix` names: itself if it is one, else the one id it starts; ambiguity is an error."""
+    ids = [r[0] for r in con.execute(
+        "SELECT DISTINCT prompt_id FROM (SELECT prompt_id FROM prompts UNION ALL SELECT prompt_id FROM rewards "
+        "UNION ALL SELECT prompt_id FROM rubrics) WHERE starts_with(prompt_id, $p) ORDER BY 1 LIMIT 6",
+        {"p": prefix}).fetchall()]
+    if len(ids) > 1 and prefix not in ids:
+        raise QueryError(f"prompt id prefix {prefix!r} is ambiguous: {', '.join(ids[:5])}"
+                         + (", …" if len(ids) > 5 else ""))
+    return ids[0] if len(ids) == 1 else prefix
 
 
 def parse_param(item: str) -> tuple[str, Any]:

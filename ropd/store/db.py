@@ -12,11 +12,12 @@ from pathlib import Path
 import duckdb
 
 from ropd.io import atomic_path
-from ropd.store.tables import StoreError, check_version, create_schema, load_calls, load_run
+from ropd.store.tables import StoreError, check_version, create_schema, load_calls, load_import, load_run
 
 DEFAULT_DB = Path("data/ropd.duckdb")
 DEFAULT_RUNS = Path("data/runs")
 DEFAULT_CALLS = Path("data/cache/llm_calls.sqlite")  # the pipeline's call cache, shared by its runs
+DEFAULT_IMPORTS = Path("data/imports")  # imported rubric sets, one parquet per file (`ropd import rubrics`)
 
 
 class Store:
@@ -57,10 +58,20 @@ class Store:
         finally:
             con.close()
 
-    def rebuild(self, runs_root: Path = DEFAULT_RUNS, call_caches: Sequence[Path] = ()) -> dict[str, dict[str, int]]:
-        """Build the store from scratch from every run directory under `runs_root` and the given call caches.
+    def ingest_import(self, path: Path) -> int:
+        """Index (or re-index) one imported rubric set; returns its criteria."""
+        con = self.connect(read_only=False)
+        try:
+            return load_import(con, path)
+        finally:
+            con.close()
 
-        Returns row counts per run (and per call cache, under its path).
+    def rebuild(self, runs_root: Path = DEFAULT_RUNS, call_caches: Sequence[Path] = (),
+                imports_dir: Path = DEFAULT_IMPORTS) -> dict[str, dict[str, int]]:
+        """Build the store from scratch from every run directory under `runs_root`, the given call caches and
+        the imported rubric sets in `imports_dir` (if it exists).
+
+        Returns row counts per run (and per call cache and imported set, under its path).
         """
         if not runs_root.is_dir():
             raise StoreError(f"{runs_root}: no such runs directory")
@@ -74,6 +85,8 @@ class Store:
                     counts[run_dir.name] = load_run(con, run_dir)
                 for cache in call_caches:
                     counts[str(cache)] = {"llm_calls": load_calls(con, cache)}
+                for imported in sorted(imports_dir.glob("*.parquet")) if imports_dir.is_dir() else []:
+                    counts[str(imported)] = {"imported_criteria": load_import(con, imported)}
             finally:
                 con.close()
             # A write-ahead log left by a crashed writer of the old file must not be replayed onto the new one.

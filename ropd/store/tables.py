@@ -24,7 +24,7 @@ from ropd.rubric.schema import Category
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
 CALL_CACHE = "llm_cache.sqlite"
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 V, INT, D, B = "VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"
 _RUN = (("run_id", V),)
@@ -69,7 +69,7 @@ class Table:
 
 TABLES: tuple[Table, ...] = (
     Table("prompts", (*_RUN, ("prompt_id", V), ("question", V), ("reference_answer", V), ("split", V),
-                      ("source", V)), "prompts.parquet", "run"),
+                      ("source", V), ("messages", V)), "prompts.parquet", "run"),
     Table("teacher_answers", (*_RUN, ("prompt_id", V), ("teacher_fingerprint", V), ("answer_idx", INT), ("text", V)),
           "teacher.parquet", "run"),
     Table("rollouts", (*_ROUND, ("prompt_id", V), ("sample_idx", INT), ("text", V), ("n_tokens", INT),
@@ -93,12 +93,20 @@ TABLES: tuple[Table, ...] = (
     Table("round_metrics", (*_ROUND, ("qa", "JSON"), ("diagnostics", "JSON"))),
 )
 BY_NAME = {t.name: t for t in TABLES}
-DEFAULTS = {"group_id": "prompt_id"}  # column → expression used where a file lacks the column
+# column → expression used where a file lacks the column; `messages` (the chat as JSON) is absent from older runs
+DEFAULTS = {"group_id": "prompt_id", "messages": "NULL"}
 # The call cache is shared by successive runs and content-addressed, so it is keyed by call_id, not run_id.
 LLM_CALLS = Table("llm_calls", (("call_id", V), ("role", V), ("model", V), ("template", V), ("request", V),
                                 ("response", V), ("content", V), ("finish_reason", V), ("status", V),
                                 ("error_type", V), ("error", V), ("latency_s", D), ("tokens_in", INT),
                                 ("tokens_out", INT), ("attempts", INT), ("created_at", D)), CALL_CACHE, "cache")
+# External rubric sets (`ropd import rubrics`), one row per criterion, keyed by the imported file's sha256.
+# Points are kept exactly as given (HealthBench's may be negative); `flags` says what ROPD's schema would refuse.
+IMPORTED = Table("imported_criteria", (
+    ("file_sha256", V), ("source_file", V), ("format", V), ("imported_at", "TIMESTAMP"), ("rubric_line", INT),
+    ("line", INT), ("prompt_id", V), ("question", V), ("messages", V), ("rubric_id", V), ("round", INT),
+    ("position", INT), ("criterion_id", V), ("category", V), ("points", D), ("text", V), ("tags", "VARCHAR[]"),
+    ("flags", "VARCHAR[]"), ("rubric_flags", "VARCHAR[]")), None, "import")
 
 _KEY = "run_id, round, group_id, rubric_id"  # a group is judged against one rubric; prompt_id rides along
 _CATEGORY_PASS = ",\n       ".join(
@@ -139,30 +147,34 @@ WHERE EXISTS (SELECT 1 FROM rubrics_final f WHERE NOT f.is_clean AND f.run_id = 
 SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.raw_rubric_id, r.n_criteria, r.max_score,
        r.degenerate, r.flags, r.is_clean, c.position, c.criterion_id, c.category, c.points, c.text
 FROM rubrics_final r JOIN criteria_final c USING ({_KEY})""",
-    f"""CREATE OR REPLACE VIEW verdict_matrix AS
-SELECT j.run_id, j.round, j.group_id, any_value(j.prompt_id) AS prompt_id, j.rubric_id, j.source, j.answer_idx,
-       j.pool_position,
-       list(j.verdict ORDER BY c.position) AS verdicts,
-       list(c.criterion_id ORDER BY c.position) AS criterion_ids,
-       coalesce(sum(c.points) FILTER (WHERE j.verdict), 0) AS score,
-       sum(c.points) AS max_score,
-       coalesce(sum(c.points) FILTER (WHERE j.verdict), 0) / sum(c.points) AS weighted
-FROM judgements j JOIN criteria_final c USING ({_KEY}, criterion_id)
-GROUP BY j.run_id, j.round, j.group_id, j.rubric_id, j.source, j.answer_idx, j.pool_position""",
+    # One verdict per (group, pool answer, criterion), with the criterion's category, points and text: the
+    # join every per-criterion figure (pass rate by category, fail rates, the verdict matrix) starts from.
+    f"""CREATE OR REPLACE VIEW criterion_verdicts AS
+SELECT j.run_id, j.round, j.group_id, j.prompt_id, j.rubric_id, j.source, j.answer_idx, j.pool_position,
+       c.position, j.criterion_id, c.category, c.points, c.text, j.verdict
+FROM judgements j JOIN criteria_final c USING ({_KEY}, criterion_id)""",
+    """CREATE OR REPLACE VIEW verdict_matrix AS
+SELECT run_id, round, group_id, any_value(prompt_id) AS prompt_id, rubric_id, source, answer_idx, pool_position,
+       list(verdict ORDER BY position) AS verdicts,
+       list(criterion_id ORDER BY position) AS criterion_ids,
+       coalesce(sum(points) FILTER (WHERE verdict), 0) AS score,
+       sum(points) AS max_score,
+       coalesce(sum(points) FILTER (WHERE verdict), 0) / sum(points) AS weighted
+FROM criterion_verdicts
+GROUP BY run_id, round, group_id, rubric_id, source, answer_idx, pool_position""",
     """CREATE OR REPLACE VIEW rollout_rewards AS
 SELECT run_id, round, prompt_id, sample_idx, w.group_id, o.text, o.n_tokens, o.finish_reason, o.checkpoint,
        w.rubric_id, w.score, w.max_score, w.reward, w.status, w.error_stage, w.error_type
 FROM rollouts o FULL JOIN rewards w USING (run_id, round, prompt_id, sample_idx)""",
-    f"""CREATE OR REPLACE VIEW criterion_stats AS
-SELECT c.run_id, c.round, c.group_id, c.prompt_id, c.rubric_id, c.position, c.criterion_id, c.category, c.points,
-       c.text,
+    """CREATE OR REPLACE VIEW criterion_stats AS
+SELECT run_id, round, group_id, prompt_id, rubric_id, position, criterion_id, category, points, text,
        count(*) AS n_answers,
-       count(*) FILTER (WHERE j.verdict) AS n_pass,
-       1 - avg(j.verdict::INT) AS fail_rate,
-       avg(j.verdict::INT) FILTER (WHERE j.source = 'teacher') AS teacher_pass_rate,
-       avg(j.verdict::INT) FILTER (WHERE j.source = 'student') AS student_pass_rate,
-       bool_and(j.verdict) OR NOT bool_or(j.verdict) AS non_discriminative
-FROM judgements j JOIN criteria_final c USING ({_KEY}, criterion_id)
+       count(*) FILTER (WHERE verdict) AS n_pass,
+       1 - avg(verdict::INT) AS fail_rate,
+       avg(verdict::INT) FILTER (WHERE source = 'teacher') AS teacher_pass_rate,
+       avg(verdict::INT) FILTER (WHERE source = 'student') AS student_pass_rate,
+       bool_and(verdict) OR NOT bool_or(verdict) AS non_discriminative
+FROM criterion_verdicts
 GROUP BY ALL""",
     f"""CREATE OR REPLACE VIEW rubric_health AS
 WITH s AS (
@@ -186,6 +198,21 @@ SELECT r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id, r.n_criteria, r.
          AS issues
 FROM rubrics_final r LEFT JOIN m USING (run_id, round, group_id) LEFT JOIN d USING ({_KEY})
   LEFT JOIN s USING ({_KEY})""",
+    """CREATE OR REPLACE VIEW imported_rubrics AS
+SELECT file_sha256, any_value(source_file) AS source_file, any_value(format) AS format,
+       any_value(imported_at) AS imported_at, rubric_line, prompt_id, rubric_id, any_value(round) AS round,
+       any_value(question) AS question, count(*) AS n_criteria, sum(points) FILTER (WHERE points > 0) AS max_score,
+       list_sort(list_distinct(flatten(list(list_concat(flags, rubric_flags))))) AS flags
+FROM imported_criteria GROUP BY file_sha256, rubric_line, prompt_id, rubric_id""",
+    # Mined (as judged) and imported criteria side by side, so one query compares a run with an external set.
+    """CREATE OR REPLACE VIEW rubric_library AS
+SELECT 'mined' AS origin, run_id AS set_id, round, prompt_id, rubric_id, position, criterion_id, category,
+       points::DOUBLE AS points, text, flags, NULL::VARCHAR AS source_file, NULL::INTEGER AS line
+FROM rubric_criteria
+UNION ALL
+SELECT 'imported', file_sha256, round, prompt_id, rubric_id, position, criterion_id, category, points, text,
+       list_concat(flags, rubric_flags), source_file, line
+FROM imported_criteria""",
     f"""CREATE OR REPLACE VIEW round_trends AS
 WITH rounds AS (
   SELECT run_id, round FROM rewards UNION SELECT run_id, round FROM rubrics_final
@@ -233,7 +260,7 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create every table (if missing) and (re)create every view, then stamp the schema version."""
     con.execute("CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
     check_version(con)
-    for t in (*TABLES, LLM_CALLS):
+    for t in (*TABLES, LLM_CALLS, IMPORTED):
         con.execute(t.ddl())
     for view in VIEWS:
         con.execute(view)
@@ -252,8 +279,9 @@ def round_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.iterdir() if p.is_dir() and ROUND_DIR.match(p.name))
 
 
-def load_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, int]:
-    """Replace everything the database holds for this run by what its files hold now, in one transaction.
+def load_run(con: duckdb.DuckDBPyConnection, run_dir: Path, rounds: Iterable[int] | None = None) -> dict[str, int]:
+    """Replace everything the database holds for this run by what its files hold now (only `rounds`, where
+    given), in one transaction.
 
     Deleting then inserting makes ingest idempotent, and a round removed from disk leaves the store too.
     """
@@ -267,7 +295,8 @@ def load_run(con: duckdb.DuckDBPyConnection, run_dir: Path) -> dict[str, int]:
             if t.scope == "run":
                 counts[t.name] += _insert_parquet(con, t, run_dir / t.file, run_id, None)
         for rdir in round_dirs(run_dir):
-            counts.update(load_round(con, rdir))
+            if rounds is None or round_key(rdir)[1] in rounds:
+                counts.update(load_round(con, rdir))
         if (run_dir / CALL_CACHE).exists():
             counts[LLM_CALLS.name] += load_calls(con, run_dir / CALL_CACHE)
         con.commit()
@@ -349,6 +378,28 @@ def _bad_column(table: Table, src: str) -> str:
             if n and n[0]:
                 return f"column {col} has {n[0]} value(s) that are not {types[col]}"
     return "a column has values of the wrong type"
+
+
+def load_import(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Replace one imported rubric set (a `data/imports/*.parquet`) in the store; its file time is the import time."""
+    try:
+        pq.read_metadata(path)
+    except Exception as e:
+        raise StoreError(f"{path}: not a readable parquet file ({e})") from e
+    src = str(path)
+    have = {row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [src]).fetchall()}
+    needed = [c for c, _ in IMPORTED.columns if c != "imported_at"]
+    if missing := [c for c in needed if c not in have]:
+        raise StoreError(f"{path}: missing column(s) {', '.join(missing)}; not a file `ropd import rubrics` wrote")
+    select = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in IMPORTED.columns if c != "imported_at")
+    try:
+        con.execute("DELETE FROM imported_criteria WHERE file_sha256 IN "
+                    "(SELECT DISTINCT file_sha256 FROM read_parquet(?))", [src])
+        row = con.execute(f"INSERT INTO imported_criteria BY NAME SELECT to_timestamp(?) AS imported_at, {select} "
+                          "FROM read_parquet(?)", [path.stat().st_mtime, src]).fetchone()
+    except duckdb.Error as e:
+        raise StoreError(f"{path}: {e}") from e
+    return int(row[0]) if row else 0
 
 
 def load_calls(con: duckdb.DuckDBPyConnection, path: Path) -> int:
