@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 from _common import start_server, stop_server, study_args
-from sample_efficiency import prune_optimizer_state, stage_seconds
+from sample_efficiency import stage_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS: dict[str, dict[str, Any]] = {
@@ -131,7 +131,6 @@ def run_arm(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int, g
                      "reward_auc": diag.get("reward_auc"), "check_status": check["status"],
                      **{f"check_{k}": v for k, v in figures.items()}, "arm_seconds": round(seconds, 1),
                      "stage_seconds": round(stage_seconds(params), 1)})
-    prune_optimizer_state(paths.run)
     done.write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 

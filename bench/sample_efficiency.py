@@ -70,22 +70,6 @@ def stage_seconds(params: Any) -> float:
     return sum(json.loads(line)["seconds"] for line in f.read_text().splitlines()) if f.is_file() else 0.0
 
 
-def prune_optimizer_state(run_dir: Path) -> int:
-    """Delete the AdamW state of a finished run's checkpoints; return the bytes freed.
-
-    The study reads only each round's eval.json, and a finished run is never resumed (new settings hash
-    to a new run), yet its optimizer files are 2/3 of every full fine-tuning checkpoint: 15 of the small
-    preset's 29 GB. The weights stay, so any round can still be evaluated with `ropd eval`.
-    """
-    from ropd.train.grpo import OPTIM_FILE
-
-    freed = 0
-    for f in sorted((run_dir / "checkpoints").glob(f"round_*/{OPTIM_FILE}")):
-        freed += f.stat().st_size
-        f.unlink()
-    return freed
-
-
 def prompts_to_reach(points: list[tuple[int, float | None]], target: float | None) -> int | None:
     if target is None:
         return None
@@ -149,10 +133,8 @@ def main() -> None:
         if not (last.is_file() and "accuracy" in json.loads(last.read_text())):
             print(f"[{method}] running {len(params.rounds)} rounds x {preset['prompts_per_round']} prompts", flush=True)
             run_all(params)
-        freed = prune_optimizer_state(paths.run)
         wall[method] = round(stage_seconds(params), 1)
-        print(f"[{method}] done in {time.monotonic() - t0:.0f}s (stage time {wall[method]}s; "
-              f"{freed / 1e9:.1f} GB of optimizer state pruned)", flush=True)
+        print(f"[{method}] done in {time.monotonic() - t0:.0f}s (stage time {wall[method]}s)", flush=True)
         base_eval = work / "eval_base.json"
         if not base_eval.is_file():  # budget 0: the starting policy, identical for every method
             base_eval.write_text(evaluate_checkpoint(params, paths.checkpoint(0)).model_dump_json(indent=2))

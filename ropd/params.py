@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ropd.config import EngineConfig, LimitsConfig, QualityGate, RoleConfig
 from ropd.eval.judge_check import JudgeCheckParams
+from ropd.pipeline.checkpoints import CheckpointParams
 from ropd.pipeline.launch import LaunchParams
 from ropd.rollout.base import SamplingParams
 from ropd.store.qa import QAConfig
@@ -130,6 +131,7 @@ class Params(BaseModel):
     budget: BudgetParams = BudgetParams()
     judge_check: JudgeCheckParams = JudgeCheckParams()
     launch: LaunchParams = LaunchParams()
+    checkpoints: CheckpointParams = CheckpointParams()
 
     @field_validator("rounds", mode="before")
     @classmethod

@@ -144,7 +144,7 @@ def test_enforced_fail_stops_before_round_0(tmp_path: Path, smollm2_dir: Path) -
     assert stopped["kind"] == "judge_check" and stopped["status"] == "FAIL"
     assert json.loads((run / "judge_check.json").read_text())["status"] == "FAIL"
     assert not (run / "judge_check.gate").exists() and not (run / "round_0").exists()
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["round_0"]  # nothing trained
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["round_0", "round_0.json"]  # nothing trained
 
 
 @pytest.mark.parametrize("status", ["PASS"])

@@ -68,8 +68,8 @@ def outputs(proj: Path) -> dict[str, object]:
                 out[rel] = pd.read_parquet(f)
             elif f.suffix == ".json":
                 out[rel] = json.loads(f.read_text())
-    for ckpt in sorted((data / "runs" / "tiny" / "checkpoints").iterdir()):
-        out[str(ckpt.relative_to(data))] = tree_hash(ckpt)
+    for ckpt in sorted((data / "runs" / "tiny" / "checkpoints").iterdir()):  # weight directories and manifests
+        out[str(ckpt.relative_to(data))] = tree_hash(ckpt) if ckpt.is_dir() else json.loads(ckpt.read_text())
     return out
 
 

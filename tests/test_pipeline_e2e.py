@@ -42,7 +42,7 @@ def check_outputs(proj: Path) -> None:
 
 def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir: Path) -> None:
     proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent,
-                        {"data.pool_prompts": 4, "judge_check": {"prompts": 2}})
+                        {"data.pool_prompts": 4, "judge_check": {"prompts": 2}, "checkpoints": {"keep_every": 2}})
     dvc(proj, "repro")
     check_outputs(proj)
     run = proj / "data" / "runs" / "tiny"
@@ -59,9 +59,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir
     # Extend the finished run by one round, and re-check the judge on fewer prompts: only the new round, the
     # check (whose gate file keeps its bytes, so no round reruns) and the summary run.
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    # DVC tracks each policy by its manifest; the weights are in no DVC store (checkpoints.py).
+    cache_mb = sum(f.stat().st_size for f in (proj / ".dvc" / "cache").rglob("*") if f.is_file()) / 2**20
+    assert cache_mb < 5, f"the DVC cache holds {cache_mb:.0f} MB: weights went into it"
     before = {f: f.stat().st_mtime_ns for f in [run / "prompts.parquet", run / "teacher.parquet",
-                                                *(run / "round_0").iterdir(), *(run / "checkpoints").rglob("*")]
-              if f.name != ".gitignore"}  # DVC adds the new round's checkpoint to it
+                                                *(run / "round_0").iterdir(), *(run / "checkpoints").glob("*.json")]}
     proc = subprocess.run([str(BIN / "ropd"), "rounds", "2"], cwd=proj, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     params = yaml.safe_load((proj / "params.yaml").read_text())
@@ -78,6 +80,11 @@ def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir
         {k: v for k, v in lock.items() if k not in rerun}
     assert {f: f.stat().st_mtime_ns for f in before} == before
     assert len(pd.read_parquet(run / "round_1" / "rewards.parquet")) == 4
+    # keep_every 2: round 1's weights went once round 2 was written and every reader of them had run; round 2
+    # (the newest) keeps its AdamW state; and DVC, which tracks the manifests, sees nothing changed.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir()) == ["round_0", "round_2"]
+    assert (run / "checkpoints" / "round_2" / "optimizer.pt").is_file()
+    assert "up to date" in dvc(proj, "status")
     assert [row["round"] for row in json.loads((proj / "data" / "runs" / "tiny.history.json").read_text())] == [0, 1]
 
 

@@ -11,17 +11,22 @@ import json
 from pathlib import Path
 
 from ropd.params import Params
+from ropd.pipeline.checkpoints import manifest_path
 from ropd.pipeline.stages import RunPaths
 
 
 def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path], list[Path]]:
     """(deps, outs) of one stage, as dvc.yaml declares them."""
     p = RunPaths(params)
+
+    def ckpt(r: int) -> Path:  # a policy is tracked by its manifest, not its GBs of weights (checkpoints.py)
+        return manifest_path(p.checkpoint(r))
+
     demo = [p.demo_dir / "train.parquet", p.demo_dir / "eval.parquet"]
     if name == "demo_data":
         return [], demo
     if name == "prepare":
-        return demo, [p.prompts, p.checkpoint(0)]
+        return demo, [p.prompts, ckpt(0)]
     if name == "teacher_sft":
         return demo[:1], [params.teacher_sft_dir]
     if name == "teacher":
@@ -34,7 +39,7 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
     assert r is not None, f"stage {name} needs a round"
     rd = p.round(r)
     table = {
-        "rollout": ([p.prompts, p.checkpoint(r), p.judge_gate], [rd / "rollouts.parquet"]),
+        "rollout": ([p.prompts, ckpt(r), p.judge_gate], [rd / "rollouts.parquet"]),
         "mine": ([rd / "rollouts.parquet", p.teacher],
                  [rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"]),
         "qa": ([rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"],
@@ -42,9 +47,9 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
                 rd / "qa.json"]),
         "verify": ([rd / "rubrics_clean.parquet", rd / "rubrics.parquet", rd / "rollouts.parquet", p.teacher],
                    [rd / "judgements.parquet", rd / "rewards.parquet", rd / "diagnostics.json"]),
-        "train": ([rd / "rollouts.parquet", rd / "rewards.parquet", p.checkpoint(r), p.teacher, params.teacher_sft_dir],
-                  [p.checkpoint(r + 1), rd / "train_metrics.json"]),
-        "evaluate": ([p.checkpoint(r + 1), p.prompts, p.teacher], [rd / "eval.json"]),
+        "train": ([rd / "rollouts.parquet", rd / "rewards.parquet", ckpt(r), p.teacher, params.teacher_sft_dir],
+                  [ckpt(r + 1), rd / "train_metrics.json"]),
+        "evaluate": ([ckpt(r + 1), p.prompts, p.teacher], [rd / "eval.json"]),
     }
     return table[name]
 

@@ -40,6 +40,7 @@ from ropd.llm.errors import LLMError
 from ropd.llm.factory import make_chat
 from ropd.llm.limits import CallLimiter
 from ropd.params import Params
+from ropd.pipeline.checkpoints import manifest_path, publish, require, sweep
 from ropd.pipeline.launch import is_main, launched, process_device, process_group, rank_world, run_launched
 from ropd.pipeline.lock import run_lock
 from ropd.rubric.engine import Group, GroupResult, GroupStatus, JudgeFailure, induce_rubric, verify_group
@@ -192,6 +193,7 @@ def prepare(params: Params) -> None:
         atomic_write_parquet(pd.concat([train, held], ignore_index=True), paths.prompts)
         paths.checkpoint(0).parent.mkdir(parents=True, exist_ok=True)
         _link_tree(base, paths.checkpoint(0))
+        publish(paths.checkpoint(0), 0)
 
 
 def _pool_too_small(params: Params, pool: int) -> str:
@@ -385,6 +387,7 @@ def rollout(params: Params, r: int) -> None:
             pool = int((df["split"] == "train").sum())
             raise ValueError(f"round {r}: no prompts assigned. {_pool_too_small(params, pool)}")
         device = process_device(params.student.device)
+        _require(params, paths, r)
         model, tokenizer = load_policy(paths.checkpoint(r), device)
         sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
         sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
@@ -633,9 +636,11 @@ def train(params: Params, r: int) -> None:
     paths = RunPaths(params)
     rd = paths.round(r)
     with run_lock(paths.run):
+        _require(params, paths, r)
         if params.method in ("sft", "lopd"):
             metrics = _train_baseline(params, paths, r)
             _json({"round": r, "method": params.method, **metrics}, rd / "train_metrics.json")
+            _publish(params, paths, r + 1)
             return
         rewards = pd.read_parquet(rd / "rewards.parquet")
         by_group = rewards.groupby("group_id")["status"].agg(lambda s: (s == "ok").all())
@@ -667,6 +672,30 @@ def train(params: Params, r: int) -> None:
         ok = rewards[rewards["status"] == "ok"]["reward"]
         _json({"round": r, "method": params.method, **metrics, "failed_share": failed_share,
                "mean_reward": float(ok.mean()) if len(ok) else None}, rd / "train_metrics.json")
+        _publish(params, paths, r + 1)
+
+
+def _require(params: Params, paths: RunPaths, r: int) -> None:
+    require(paths.checkpoint(r), f"checkpoints.keep_every={params.checkpoints.keep_every}")
+
+
+def _publish(params: Params, paths: RunPaths, r: int) -> None:
+    """Policy r is complete: its manifest (what DVC and the next stages depend on), then the retention sweep."""
+    publish(paths.checkpoint(r), r)
+    _sweep(params, paths)
+
+
+def _sweep(params: Params, paths: RunPaths) -> None:
+    rounds = {item.r for item in params.rounds}
+
+    def read_by_all(j: int) -> bool:
+        """Round j's weights were read by rollout@j, train@j and evaluate@(j-1), wherever those are scheduled."""
+        rolled = j not in rounds or (paths.round(j) / "rollouts.parquet").is_file()
+        trained = j not in rounds or manifest_path(paths.checkpoint(j + 1)).is_file()
+        evaluated = j - 1 not in rounds or (paths.round(j - 1) / "eval.json").is_file()
+        return rolled and trained and evaluated
+
+    sweep(paths.checkpoint(0).parent, params.checkpoints, read_by_all)
 
 
 def _train_baseline(params: Params, paths: RunPaths, r: int) -> dict[str, float]:
@@ -693,10 +722,12 @@ def evaluate(params: Params, r: int) -> None:
     with run_lock(paths.run):
         if not params.evaluates_after(r):
             _json({"round": r, "skipped": f"eval.every={params.eval.every}"}, paths.round(r) / "eval.json")
-            return
-        result = evaluate_checkpoint(params, paths.checkpoint(r + 1))
-        _json({"round": r, "prompts_seen": (r + 1) * params.data.prompts_per_round, **result.model_dump()},
-              paths.round(r) / "eval.json")
+        else:
+            _require(params, paths, r + 1)
+            result = evaluate_checkpoint(params, paths.checkpoint(r + 1))
+            _json({"round": r, "prompts_seen": (r + 1) * params.data.prompts_per_round, **result.model_dump()},
+                  paths.round(r) / "eval.json")
+        _sweep(params, paths)
 
 
 def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
