@@ -1,5 +1,5 @@
-"""GRPO on the real SmolLM2: advantages, masking, mini-batches, dual-clip, TIS, resume, LoRA, KL, and that it
-learns."""
+"""GRPO on the real SmolLM2: advantages, masking, mini-batches, dual-clip, TIS, resume, LoRA, KL. That the
+loop learns, through the whole pipeline, is tests/test_learning.py."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ropd.rollout import SamplingParams
-from ropd.rollout.hf_sampler import TransformersSampler
 from ropd.train.advantages import group_advantages
 from ropd.train.config import GRPOConfig, LoraSettings
 from ropd.train.grpo import (
     CheckpointError,
     GRPOLearner,
     TrainSample,
-    build_samples,
     prompt_mini_batches,
     surrogate_loss,
 )
@@ -222,26 +219,3 @@ def _model_and_tokenizer(path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-
-PROMPTS = {"a": [{"role": "user", "content": "Describe the sky in one short sentence."}],
-           "b": [{"role": "user", "content": "Write one short sentence about the ocean."}]}
-
-
-def mean_reward(sampler: TransformersSampler, seed: int) -> float:
-    out = sampler.sample(PROMPTS, SamplingParams(n=16, max_new_tokens=24, seed=seed, batch_size=16))
-    return sum("blue" in r.text.lower() for r in out) / len(out)
-
-
-def test_grpo_learns_a_programmatic_reward(smollm2_dir: Path) -> None:
-    """Reward 1 if the answer says "blue": a few GRPO rounds must raise the rate clearly."""
-    torch.manual_seed(0)
-    learner = GRPOLearner.load(smollm2_dir, GRPOConfig(lr=5e-5, micro_batch_size=16))
-    sampler = TransformersSampler(learner.model, learner.tokenizer)
-    before = mean_reward(sampler, seed=1000)
-    for step in range(5):
-        rollouts = sampler.sample(PROMPTS, SamplingParams(n=8, max_new_tokens=24, seed=step, batch_size=16))
-        rewards = {(r.prompt_id, r.sample_idx): (float("blue" in r.text.lower()), "ok") for r in rollouts}
-        learner.train_round(build_samples(learner.tokenizer, PROMPTS, rollouts, rewards))
-    after = mean_reward(sampler, seed=1000)
-    assert after >= before + 0.25, (before, after)
