@@ -45,7 +45,8 @@ def _dedup(texts: list[str]) -> list[str]:
     return list(dict.fromkeys(t for t in texts if t.strip()))
 
 
-def _frame(rows: list[tuple[str, str, int, str]]) -> pd.DataFrame:
+def index_frame(rows: list[tuple[str, str | None, int, str]]) -> pd.DataFrame:
+    """teacher.parquet's rows (prompt_id, teacher_fingerprint, answer_idx, text), typed as every writer writes them."""
     return pd.DataFrame(rows, columns=COLUMNS).astype({"answer_idx": "int32"})
 
 
@@ -58,7 +59,7 @@ def dataset_index(prompts: list[TeacherPrompt], cfg: RoleConfig, m: int, out: Pa
         if not answers:
             raise TeacherIndexError(f"prompt {p.prompt_id}: no reference solutions for the dataset teacher")
         rows += [(p.prompt_id, fp, i, t) for i, t in enumerate(answers)]
-    df = _frame(rows)
+    df = index_frame(rows)
     atomic_write_parquet(df, out)
     return df
 
@@ -99,7 +100,7 @@ async def build_index(prompts: list[TeacherPrompt], chat: ChatModel, m: int, out
             f"no usable teacher answer for {len(empty)} prompt(s): {', '.join(empty[:5])} (every reply was empty "
             f"or cut off at max_tokens={chat.config.max_tokens}); raise teacher.role.max_tokens or check the model")
     rows = [(pid, fp, i, t) for pid, answers in usable.items() for i, t in enumerate(answers)]
-    df = _frame(rows)
+    df = index_frame(rows)
     atomic_write_parquet(df, out)
     return df
 
@@ -126,11 +127,18 @@ class TeacherIndex:
     def has(self, prompt_id: str) -> bool:
         return prompt_id in self._by_prompt
 
-    def answers(self, prompt_id: str) -> list[str]:
+    def _entry(self, prompt_id: str) -> tuple[str, list[str]]:
         entry = self._by_prompt.get(prompt_id)
         if entry is None:
             raise TeacherIndexError(f"prompt {prompt_id}: no teacher answers in the index")
-        fp, texts = entry
+        return entry
+
+    def fingerprint_of(self, prompt_id: str) -> str:
+        """The fingerprint the prompt's answers were sampled under (for tables that record it)."""
+        return self._entry(prompt_id)[0]
+
+    def answers(self, prompt_id: str) -> list[str]:
+        fp, texts = self._entry(prompt_id)
         if self.expected is not None and fp != self.expected:
             raise TeacherIndexError(
                 f"prompt {prompt_id}: teacher answers have fingerprint {fp}, this run expects {self.expected}"

@@ -4,8 +4,9 @@ The run is the Prefect flow (flows/distill.py) on a tiny project whose teacher, 
 are the openai provider pointed at the scripted server, with `api_key_env` naming the canary's variable.
 Afterwards every byte is searched (UTF-8 and UTF-16): the project (run directory, tables, checkpoints,
 call cache, DVC files), the DuckDB store, the HTML report, Prefect's result storage and its database,
-and everything logged or printed during the run. The server must have received the canary, so the test
-proves the key was really in use. Heavy: one full tiny run, 1 to 4 minutes depending on load.
+and everything logged or printed during the run; then the run's exports (`ropd export`, every format, with
+verdicts) and what the command printed. The server must have received the canary, so the test proves the
+key was really in use. Heavy: one full tiny run, 1 to 4 minutes depending on load.
 """
 
 from __future__ import annotations
@@ -83,6 +84,21 @@ def test_canary_key_is_stored_nowhere(tmp_path: Path, smollm2_dir: Path, prefect
     plant.unlink()
 
     assert leaks([proj, storage, prefect_db.parent], canary) == []
+
+    # the rubric dataset leaves the project without the key: every format, with the verdict pools
+    from typer.testing import CliRunner
+
+    from ropd.cli import app
+    from ropd.store.export import ExportFormat
+
+    exports, printed = tmp_path / "exports", []
+    for fmt in ExportFormat:
+        result = CliRunner().invoke(app, ["export", "tiny", "--format", fmt.value, "--with-verdicts",
+                                          "--out", str(exports / fmt.value)])
+        assert result.exit_code == 0, result.output
+        assert any((exports / fmt.value).iterdir())
+        printed.append(result.output)
+    assert leaks([exports], canary) == []
     out, err = capfd.readouterr()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     # Prefect re-configures logging during a run: its API handler writes the run's logs to the database
@@ -94,4 +110,4 @@ def test_canary_key_is_stored_nowhere(tmp_path: Path, smollm2_dir: Path, prefect
     with sqlite3.connect(prefect_db) as con:
         db_logs = "\n".join(m for (m,) in con.execute("SELECT message FROM log"))
     assert "Finished in state Completed" in db_logs
-    assert canary not in out + err + logged + db_logs
+    assert canary not in out + err + logged + db_logs + "".join(printed)

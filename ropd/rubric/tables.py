@@ -1,4 +1,5 @@
-"""Engine results as the tables of the data contract (design §3): rubrics, criteria, judgements, rewards."""
+"""Engine results as the tables of the data contract (design §3): rubrics, criteria, judgements, rewards,
+rubric failures."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ JUDGEMENT_COLS = ["run_id", "round", "group_id", "prompt_id", "rubric_id", "sour
                   "criterion_id", "verdict"]
 REWARD_COLS = ["run_id", "round", "group_id", "prompt_id", "sample_idx", "rubric_id", "score", "max_score", "reward",
                "status", "error_stage", "error_type"]
+FAILURE_COLS = ["run_id", "round", "group_id", "prompt_id", "stage", "error_type", "message"]
 
 
 class GroupMeta(BaseModel):
@@ -72,6 +74,15 @@ def verdict_frames(results: list[tuple[GroupMeta, GroupResult]], *, run_id: str,
                             "status": r.status.value, "error_stage": r.error.stage if r.error else None,
                             "error_type": r.error.type if r.error else None})
     return pd.DataFrame(judgements, columns=JUDGEMENT_COLS), pd.DataFrame(rewards, columns=REWARD_COLS)
+
+
+def failure_frame(results: list[tuple[GroupMeta, GroupResult]], *, run_id: str, round: int) -> pd.DataFrame:
+    """rubric_failures: the groups whose rubric could not be induced (stage `rubric`), with the error's message;
+    a failure at verification is in the rewards table only, as in a staged round."""
+    rows = [{"run_id": run_id, "round": round, "group_id": meta.group_id, "prompt_id": meta.prompt_id,
+             "stage": r.error.stage, "error_type": r.error.type, "message": r.error.message}
+            for meta, r in results if r.error is not None and r.error.stage == "rubric"]
+    return pd.DataFrame(rows, columns=FAILURE_COLS)
 
 
 def result_frames(results: list[GroupResult], *, run_id: str, round: int, rubricator_fingerprint: str,

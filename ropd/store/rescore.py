@@ -1,7 +1,7 @@
 """`ropd audit rescore`: what a round's rewards and advantages would have been under other rubric weights.
 
 Everything is recomputed from the stored verdicts (no judge call): the reward of a rollout is
-Σ w·v / Σ w over the criteria its group was judged with (`weighted_rate`, as the engine scores), and
+Σ w·v / Σ w over the criteria its group was judged with (`weighted_rate`'s formula, as the engine scores), and
 advantages are the trainer's own group advantages (`group_advantages`, grouped by prompt as
 `build_samples` groups them). With no option the stored rewards come back exactly.
 
@@ -19,13 +19,12 @@ import math
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from ropd.io import atomic_write_parquet
 from ropd.rubric.schema import Category
-from ropd.rubric.scoring import weighted_rate
-from ropd.store.audit import run_query
 from ropd.store.export import finished_run
 from ropd.store.tables import StoreError
 from ropd.train.advantages import group_advantages
@@ -85,26 +84,25 @@ def parse_category_values(items: list[str], what: str) -> dict[Category, float]:
 def rescore(run_dir: Path, rnd: int, options: RescoreOptions) -> RescoreResult:
     """Rescore one finished round. The rows go to `<runs>/.rescore/<run>/round_<r>_<digest>.parquet`: outside the
     run directory, which DVC's summarize and report stages hash as a whole, and in a dot directory, which
-    `ropd store rebuild` does not take for a run (as with `.locks` and `.timings`)."""
+    `ropd store rebuild` does not take for a run (as with `.locks` and `.timings`).
+
+    The rewards are recomputed in DuckDB: a round of a million criteria has millions of verdicts, too many
+    to carry through Python one by one."""
     with finished_run(run_dir, [rnd]) as (con, _):
-        rows = _criteria(con, rnd, options.ignore_merges)
-        rewards = run_query(con, "SELECT group_id, prompt_id, sample_idx, reward, status FROM rewards "
-                                 "WHERE round = $r ORDER BY prompt_id, group_id, sample_idx", {"r": rnd}).records()
-    _check_drops(options.drop, rows)
-    new = _rewards(rows, options)
-    frame = pd.DataFrame(rewards, columns=["group_id", "prompt_id", "sample_idx", "reward", "status"])
-    frame["new_reward"] = [new.get((g, s)) if st == "ok" else None
-                           for g, s, st in zip(frame["group_id"], frame["sample_idx"], frame["status"], strict=True)]
+        _criteria(con, rnd, options.ignore_merges)
+        _check_drops(con, options.drop)
+        frame = _rewards(con, rnd, options)
     groups = frame["prompt_id"].tolist()
-    ok = (frame["status"] == "ok").tolist()
-    stored = [None if pd.isna(x) else float(x) for x in frame["reward"]]
-    fresh = [None if x is None or pd.isna(x) else float(x) for x in frame["new_reward"]]
-    adv, mask = group_advantages(stored, groups, ok)
-    new_adv, new_mask = group_advantages(fresh, groups, [o and f is not None for o, f in zip(ok, fresh, strict=True)])
-    frame["delta"] = [None if a is None or b is None else b - a for a, b in zip(stored, fresh, strict=True)]
-    frame["advantage"] = [a if m else None for a, m in zip(adv, mask, strict=True)]
-    frame["new_advantage"] = [a if m else None for a, m in zip(new_adv, new_mask, strict=True)]
-    frame["sign_flip"] = [bool(m and n and a * b < 0) for a, b, m, n in zip(adv, new_adv, mask, new_mask, strict=True)]
+    ok = (frame["status"] == "ok").to_numpy()
+    stored, fresh = (frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in ("reward", "new_reward"))
+    adv, mask = group_advantages(stored, groups, ok.tolist())
+    new_adv, new_mask = group_advantages(fresh, groups, (ok & frame["new_reward"].notna().to_numpy()).tolist())
+    adv_a, new_a = np.array(adv), np.array(new_adv)
+    mask_a, new_mask_a = np.array(mask, dtype=bool), np.array(new_mask, dtype=bool)
+    frame["delta"] = frame["new_reward"] - frame["reward"]  # NaN (null in the file) where either is missing
+    frame["advantage"] = np.where(mask_a, adv_a, np.nan)
+    frame["new_advantage"] = np.where(new_mask_a, new_a, np.nan)
+    frame["sign_flip"] = mask_a & new_mask_a & (adv_a * new_a < 0)
     frame.insert(0, "round", rnd)
     frame.insert(0, "run_id", run_dir.name)
     frame["options"] = options.model_dump_json()
@@ -113,65 +111,90 @@ def rescore(run_dir: Path, rnd: int, options: RescoreOptions) -> RescoreResult:
     return RescoreResult(run_id=run_dir.name, round=rnd, options=options, prompts=_per_prompt(frame), path=path)
 
 
-def _criteria(con: duckdb.DuckDBPyConnection, rnd: int, ignore_merges: bool) -> pd.DataFrame:
-    """One row per (group, student rollout, criterion it was judged on): points, category, verdict."""
-    judged = run_query(con, """
+def _criteria(con: duckdb.DuckDBPyConnection, rnd: int, ignore_merges: bool) -> None:
+    """Table `judged`: one row per (group, student rollout, criterion it was judged on): points, category, verdict."""
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE judged AS
         SELECT group_id, rubric_id, answer_idx AS sample_idx, position, criterion_id, category, points, verdict
-        FROM criterion_verdicts WHERE round = $r AND source = 'student'""", {"r": rnd}).records()
-    frame = pd.DataFrame(judged, columns=["group_id", "rubric_id", "sample_idx", "position", "criterion_id",
-                                          "category", "points", "verdict"])
-    if not ignore_merges:
-        return frame
-    # A merged-away criterion of a rubric that was judged clean, back with its absorber's verdicts.
-    restored = run_query(con, """
-        SELECT v.group_id, v.rubric_id, v.answer_idx AS sample_idx, 1000 + raw.position AS position,
-               m.dropped_criterion_id AS criterion_id, raw.category, m.dropped_points AS points, v.verdict
-        FROM merges m
-        JOIN criterion_verdicts v ON v.run_id = m.run_id AND v.round = m.round AND v.group_id = m.group_id
-             AND v.rubric_id = m.rubric_id AND v.criterion_id = m.kept_criterion_id AND v.source = 'student'
-        JOIN criteria raw ON raw.run_id = m.run_id AND raw.round = m.round AND raw.group_id = m.group_id
-             AND raw.rubric_id = m.raw_rubric_id AND raw.criterion_id = m.dropped_criterion_id
-        WHERE m.round = $r""", {"r": rnd}).records()
-    return pd.concat([frame, pd.DataFrame(restored, columns=frame.columns)], ignore_index=True)
+        FROM criterion_verdicts WHERE round = $r AND source = 'student'""", {"r": rnd})
+    if ignore_merges:
+        # A merged-away criterion of a rubric that was judged clean, back with its absorber's verdicts.
+        con.execute("""
+            INSERT INTO judged
+            SELECT v.group_id, v.rubric_id, v.answer_idx, 1000 + raw.position, m.dropped_criterion_id, raw.category,
+                   m.dropped_points, v.verdict
+            FROM merges m
+            JOIN criterion_verdicts v ON v.run_id = m.run_id AND v.round = m.round AND v.group_id = m.group_id
+                 AND v.rubric_id = m.rubric_id AND v.criterion_id = m.kept_criterion_id AND v.source = 'student'
+            JOIN criteria raw ON raw.run_id = m.run_id AND raw.round = m.round AND raw.group_id = m.group_id
+                 AND raw.rubric_id = m.raw_rubric_id AND raw.criterion_id = m.dropped_criterion_id
+            WHERE m.round = $r""", {"r": rnd})
 
 
-def _check_drops(drop: list[str], rows: pd.DataFrame) -> None:
-    known = set(rows["criterion_id"]) | {f"{g}:{c}" for g, c in zip(rows["group_id"], rows["criterion_id"],
-                                                                      strict=True)}
+_DROPPED = ("list_contains($drop::VARCHAR[], criterion_id) "
+            "OR list_contains($drop::VARCHAR[], group_id || ':' || criterion_id)")
+
+
+def _check_drops(con: duckdb.DuckDBPyConnection, drop: list[str]) -> None:
+    if not drop:
+        return
+    hits = con.execute(f"SELECT DISTINCT criterion_id, group_id || ':' || criterion_id FROM judged WHERE {_DROPPED}",
+                       {"drop": drop}).fetchall()
+    known = {x for row in hits for x in row}
     if unknown := [d for d in drop if d not in known]:
         raise StoreError(f"--drop-criterion {', '.join(unknown)}: no such criterion in this round "
                          "(give ID, e.g. c3, or GROUP:ID)")
 
 
-def _rewards(rows: pd.DataFrame, options: RescoreOptions) -> dict[tuple[str, int], float | None]:
-    """(group, sample) → reward under `options`; None where no weight is left."""
-    drop = set(options.drop)
-    keep = [c not in drop and f"{g}:{c}" not in drop for g, c in zip(rows["group_id"], rows["criterion_id"],
-                                                                     strict=True)]
-    rows = rows[keep].sort_values(["group_id", "sample_idx", "position"], kind="stable").copy()
-    rows["weight"] = [float(p) * options.weights.get(Category(c), 1.0)
-                      for p, c in zip(rows["points"], rows["category"], strict=True)]
-    for category, cap in options.caps.items():
-        # A rubric's points in the category, counted once per criterion (every rollout sees the same rubric).
-        per = rows[rows["category"] == category.value].drop_duplicates(["group_id", "criterion_id"])
-        total = per.groupby("group_id")["weight"].sum()
-        scale = (cap / total).clip(upper=1.0)
-        hit = rows["category"] == category.value
-        rows.loc[hit, "weight"] *= rows.loc[hit, "group_id"].map(scale).fillna(1.0)
-    out: dict[tuple[str, int], float | None] = {}
-    for (g, s), part in rows.groupby(["group_id", "sample_idx"], sort=True):
-        weights, verdicts = part["weight"].tolist(), part["verdict"].astype(bool).tolist()
-        out[(str(g), int(s))] = weighted_rate(weights, verdicts) if sum(weights) > 0 else None
-    return out
+def _rewards(con: duckdb.DuckDBPyConnection, rnd: int, options: RescoreOptions) -> pd.DataFrame:
+    """The round's rewards (group, prompt, sample, stored reward, status) with `new_reward` under `options`: Σ w·v / Σ w
+    over the criteria left (null where no weight is left, or the group was not judged)."""
+    weights, caps = sorted(options.weights.items()), sorted(options.caps.items())
+    params = {"r": rnd, "drop": list(options.drop),
+              "cats": [c.value for c, _ in weights], "factors": [float(f) for _, f in weights],
+              "cap_cats": [c.value for c, _ in caps], "caps": [float(x) for _, x in caps]}
+    return con.execute(f"""
+        WITH kept AS (
+          SELECT group_id, sample_idx, criterion_id, category, verdict,
+                 points::DOUBLE * coalesce(list_extract($factors::DOUBLE[], list_position($cats::VARCHAR[], category)),
+                                           1.0) AS weight
+          FROM judged WHERE NOT ({_DROPPED})
+        ), capped AS (  -- a rubric's points in a capped category, counted once per criterion, scaled down to the cap
+          SELECT group_id, category,
+                 least(1.0, list_extract($caps::DOUBLE[], list_position($cap_cats::VARCHAR[], category)) / sum(weight))
+                   AS scale
+          FROM (SELECT DISTINCT group_id, criterion_id, category, weight FROM kept)
+          WHERE list_contains($cap_cats::VARCHAR[], category) GROUP BY group_id, category
+        ), scored AS (
+          SELECT group_id, sample_idx, sum(w) FILTER (WHERE verdict) AS won, sum(w) AS total
+          FROM (SELECT k.group_id, k.sample_idx, k.verdict, k.weight * coalesce(c.scale, 1.0) AS w
+                FROM kept k LEFT JOIN capped c USING (group_id, category))
+          GROUP BY group_id, sample_idx
+        )
+        SELECT w.group_id, w.prompt_id, w.sample_idx, w.reward, w.status,
+               CASE WHEN w.status = 'ok' AND s.total > 0 THEN coalesce(s.won, 0) / s.total END AS new_reward
+        FROM rewards w LEFT JOIN scored s USING (group_id, sample_idx)
+        WHERE w.round = $r ORDER BY w.prompt_id, w.group_id, w.sample_idx""", params).df()
 
 
 def _per_prompt(frame: pd.DataFrame) -> list[PromptChange]:
-    out = []
-    for pid, part in frame.groupby("prompt_id", sort=True):
-        both = part.dropna(subset=["reward", "new_reward"])
-        # Spearman's rho: Pearson's r of the ranks (ties share their mean rank); NaN when either side is constant.
-        rho = both["reward"].astype(float).rank().corr(both["new_reward"].astype(float).rank()) \
-            if len(both) > 1 else math.nan
-        out.append(PromptChange(prompt_id=str(pid), deltas=[None if pd.isna(d) else float(d) for d in part["delta"]],
-                                sign_flips=int(part["sign_flip"].sum()), spearman=None if pd.isna(rho) else rho))
-    return out
+    """Per prompt (the frame is sorted by prompt), vectorised: its deltas in order, sign flips and Spearman's rho
+    (Pearson's r of the ranks, ties sharing their mean rank; NaN when either side is constant)."""
+    if frame.empty:
+        return []
+    pids = frame["prompt_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, pids[1:] != pids[:-1]])
+    both = frame.loc[frame["reward"].notna() & frame["new_reward"].notna(), ["prompt_id", "reward", "new_reward"]]
+    by = both["prompt_id"]
+    ranks = both[["reward", "new_reward"]].astype(float).groupby(by).rank()
+    dev = ranks - ranks.groupby(by).transform("mean")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sq = (dev**2).groupby(by).sum()
+        rho = (dev["reward"] * dev["new_reward"]).groupby(by).sum() / np.sqrt(sq["reward"] * sq["new_reward"])
+    rho = rho.where(by.value_counts() > 1).reindex(pids[starts])
+    deltas = np.split(frame["delta"].astype(object).where(frame["delta"].notna(), None).to_numpy(), starts[1:])
+    flips = np.add.reduceat(frame["sign_flip"].to_numpy().astype(int), starts)
+    # model_construct: the values are built here, typed already; validating 100k of them would cost a second
+    return [PromptChange.model_construct(prompt_id=str(pid), deltas=d.tolist(), sign_flips=int(n),
+                                         spearman=None if pd.isna(r) else float(r))
+            for pid, d, n, r in zip(pids[starts], deltas, flips, rho.to_numpy(), strict=True)]
