@@ -10,6 +10,8 @@ from pathlib import Path
 
 import datasets
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -85,6 +87,28 @@ def test_jsonl_tables(finished_run: Path, tmp_path: Path) -> None:
     assert len(read["rubrics"]) == len(judged_criteria(finished_run))
     teacher = [a for a in read["answers"] if a["source"] == "teacher"]
     assert teacher and all(a["reward"] is None and a["text"] for a in teacher)
+
+
+def test_a_chat_and_non_ascii_text_come_out_as_given(finished_run: Path, tmp_path: Path) -> None:
+    """A prompt's chat (prompts.messages, JSON) is exported as its messages; text is UTF-8, one object a line."""
+    run = tmp_path / "runs" / "demo"
+    shutil.copytree(finished_run, run)
+    chat = [{"role": "system", "content": "Réponds en français — brièvement."}, {"role": "user", "content": "2+2 ?"}]
+    prompts = pq.read_table(run / "prompts.parquet").to_pylist()  # `messages` is all null there: typed anew
+    prompts[0]["messages"] = json.dumps(chat)
+    pq.write_table(pa.Table.from_pylist(prompts), run / "prompts.parquet")
+    pid = prompts[0]["prompt_id"]
+    export_run(run, tmp_path / "j", ExportFormat.jsonl)
+    raw = (tmp_path / "j" / "prompts.jsonl").read_bytes()
+    assert "français —".encode() in raw and raw.endswith(b"}\n")
+    lines = raw.decode().splitlines()
+    assert [json.loads(x)["messages"] for x in lines if json.loads(x)["prompt_id"] == pid] == [chat]
+    export_run(run, tmp_path / "hb", ExportFormat.healthbench)
+    rows = [json.loads(x) for x in (tmp_path / "hb" / "healthbench.jsonl").read_text().splitlines()]
+    assert all(r["prompt"] == chat for r in rows if r["prompt_id"] == pid) and any(r["prompt_id"] == pid for r in rows)
+    export_run(run, tmp_path / "hf", ExportFormat.hf)
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert all(r["messages"] == chat for r in ds if r["prompt_id"] == pid)
 
 
 def test_refuses_unfinished_missing_or_locked_runs(finished_run: Path, tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ from ropd.pipeline.lock import run_lock
 from ropd.rubric.engine import Group, GroupResult, GroupStatus, JudgeFailure, induce_rubric, verify_group
 from ropd.rubric.prompts import RUBRICATOR_VERSION, render_conversation
 from ropd.rubric.schema import Rubric
-from ropd.rubric.tables import GroupMeta, rubric_frames, verdict_frames
+from ropd.rubric.tables import FAILURE_COLS, GroupMeta, rubric_frames, verdict_frames
 from ropd.teacher import TeacherIndex, TeacherPrompt, build_index, dataset_index, fingerprint
 
 if TYPE_CHECKING:
@@ -524,8 +524,7 @@ def mine(params: Params, r: int) -> None:
         rd = paths.round(r)
         atomic_write_parquet(rubrics, rd / "rubrics.parquet")
         atomic_write_parquet(criteria, rd / "criteria.parquet")
-        atomic_write_parquet(pd.DataFrame(failed, columns=["run_id", "round", "group_id", "prompt_id", "stage",
-                                                           "error_type", "message"]), rd / "rubric_failures.parquet")
+        atomic_write_parquet(pd.DataFrame(failed, columns=FAILURE_COLS), rd / "rubric_failures.parquet")
 
 
 def qa(params: Params, r: int) -> None:

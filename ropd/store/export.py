@@ -22,11 +22,12 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from ropd.io import atomic_dir
+from ropd.models import sha256_file
 from ropd.pipeline.lock import RunLocked, run_lock
-from ropd.store.audit import run_query
 from ropd.store.tables import CALL_CACHE, StoreError, create_schema, load_run, round_dirs, round_key
 
 MANIFEST = "export.json"
@@ -84,23 +85,24 @@ def export_run(run_dir: Path, out: Path, fmt: ExportFormat, rounds: list[int] | 
                with_verdicts: bool = False) -> Provenance:
     """Export the run's finished rounds (all, or `rounds`) to the directory `out`, replacing an earlier export.
 
-    The run is read under its lock (`finished_run`), so a pipeline stage cannot write it halfway through.
+    The run is read and written under its lock (`finished_run`), so a pipeline stage cannot write it halfway
+    through; DuckDB builds and writes the rows, so a million criteria take seconds, not minutes.
     """
     _check_out(out)
     with finished_run(run_dir, rounds) as (con, chosen):
-        records = rubric_records(con, chosen, with_verdicts)
-        if not records:
+        stage_rows(con, chosen, with_verdicts)
+        prov = _provenance(con, run_dir, chosen, fmt, with_verdicts)
+        if not prov.rows["rubrics"]:
             raise ExportError(f"run {run_dir.name}: no rubrics in round(s) {_list(chosen)} (a method without "
                               "rubrics, or every group failed)")
-        prov = _provenance(con, run_dir, chosen, fmt, with_verdicts, records)
-    with atomic_dir(out) as tmp:
-        {ExportFormat.hf: _write_hf, ExportFormat.healthbench: _write_healthbench,
-         ExportFormat.jsonl: _write_jsonl}[fmt](tmp, records, prov)
-        files = {p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        prov = prov.model_copy(update={"files": files})
-        (tmp / MANIFEST).write_text(prov.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        if fmt is ExportFormat.hf:
-            (tmp / "README.md").write_text(dataset_card(prov), encoding="utf-8")
+        with atomic_dir(out) as tmp:
+            {ExportFormat.hf: _write_hf, ExportFormat.healthbench: _write_healthbench,
+             ExportFormat.jsonl: _write_jsonl}[fmt](con, tmp, prov)
+            files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            prov = prov.model_copy(update={"files": files})
+            (tmp / MANIFEST).write_text(prov.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            if fmt is ExportFormat.hf:
+                (tmp / "README.md").write_text(dataset_card(prov), encoding="utf-8")
     return prov
 
 
@@ -153,56 +155,62 @@ def _check_out(out: Path) -> None:
                           "replaced whole: choose a new or empty directory")
 
 
-def rubric_records(con: duckdb.DuckDBPyConnection, rounds: list[int], with_verdicts: bool) -> list[dict[str, Any]]:
-    """One record per exported rubric, with its prompt, its criteria in order and (optionally) its verdict pool."""
+def stage_rows(con: duckdb.DuckDBPyConnection, rounds: list[int], with_verdicts: bool) -> None:
+    """The exported rows as temporary tables, read once from the views every format is written from.
+
+    `x_rubrics`: one row per rubric with its prompt (the chat, or the question as one user message);
+    `x_criteria`: its criteria; with verdicts `x_pool`: each blind-pool answer with its text, its
+    verdicts in criterion order, its score and (a student's) reward.
+    """
     p = {"rounds": rounds}
-    rubrics = run_query(con, """
-        SELECT r.run_id, r.round, r.group_id, r.prompt_id, p.question, p.messages, p.reference_answer, p.source,
-               r.rubric_id, r.raw_rubric_id, r.is_clean,
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE x_rubrics AS
+        SELECT r.run_id, r.round, r.group_id, r.prompt_id, p.question,
+               CASE WHEN coalesce(p.messages, '') = '' THEN [{{'role': 'user', 'content': coalesce(p.question, '')}}]
+                    ELSE from_json(p.messages, '{_MESSAGES}') END AS messages,
+               p.reference_answer, p.source, r.rubric_id, r.raw_rubric_id, r.is_clean,
                EXISTS (SELECT 1 FROM rewards w WHERE w.run_id = r.run_id AND w.round = r.round
                        AND w.group_id = r.group_id AND w.rubric_id = r.rubric_id) AS judged,
-               r.degenerate, r.flags, coalesce(h.merges, 0) AS merges, r.n_criteria, r.max_score,
+               r.degenerate, r.flags, coalesce(m.merges, 0)::INTEGER AS merges, r.n_criteria, r.max_score,
                r.rubricator_fingerprint
         FROM rubrics_final r LEFT JOIN prompts p USING (run_id, prompt_id)
-          LEFT JOIN rubric_health h USING (run_id, round, group_id, rubric_id)
-        WHERE list_contains($rounds, r.round) ORDER BY r.round, r.group_id""", p).records()
-    criteria = run_query(con, """
-        SELECT round, group_id, position, criterion_id, category, points, text FROM criteria_final
-        WHERE list_contains($rounds, round) ORDER BY round, group_id, position""", p).records()
-    by_group: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for c in criteria:
-        by_group.setdefault((c.pop("round"), c.pop("group_id")), []).append(c)
-    pools = _pools(con, p) if with_verdicts else {}
-    for r in rubrics:
-        messages = r.pop("messages")
-        r["messages"] = json.loads(messages) if messages else [{"role": "user", "content": r["question"] or ""}]
-        r["criteria"] = by_group.get((r["round"], r["group_id"]), [])
-        if with_verdicts:
-            r["pool"] = pools.get((r["round"], r["group_id"]), [])
-    return rubrics
+          LEFT JOIN (SELECT run_id, round, group_id, count(*) AS merges FROM merges GROUP BY ALL) m
+            USING (run_id, round, group_id)
+        WHERE list_contains($rounds, r.round)""", p)
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE x_criteria AS
+        SELECT run_id, round, group_id, position, criterion_id, category, points, text FROM criteria_final
+        WHERE list_contains($rounds, round)""", p)
+    if with_verdicts:
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE x_pool AS
+            SELECT m.run_id, m.round, m.group_id, m.pool_position, m.source, m.answer_idx,
+                   coalesce(t.text, o.text) AS text, m.verdicts, m.score::INTEGER AS score, m.weighted, w.reward,
+                   w.status
+            FROM verdict_matrix m
+              LEFT JOIN teacher_answers t ON m.source = 'teacher' AND t.run_id = m.run_id
+                                         AND t.prompt_id = m.prompt_id AND t.answer_idx = m.answer_idx
+              LEFT JOIN rollouts o ON m.source = 'student' AND o.run_id = m.run_id AND o.round = m.round
+                                  AND o.prompt_id = m.prompt_id AND o.sample_idx = m.answer_idx
+              LEFT JOIN rewards w ON m.source = 'student' AND w.run_id = m.run_id AND w.round = m.round
+                                 AND w.group_id = m.group_id AND w.sample_idx = m.answer_idx
+            WHERE list_contains($rounds, m.round)""", p)
 
 
-def _pools(con: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> dict[tuple[int, str], list[dict[str, Any]]]:
-    """Each group's blind pool: every answer with its text, its verdicts in criterion order, and its reward."""
-    rows = run_query(con, """
-        SELECT m.round, m.group_id, m.pool_position, m.source, m.answer_idx,
-               coalesce(t.text, o.text) AS text, m.verdicts, m.score, m.weighted, w.reward, w.status
-        FROM verdict_matrix m
-          LEFT JOIN teacher_answers t ON m.source = 'teacher' AND t.run_id = m.run_id AND t.prompt_id = m.prompt_id
-                                     AND t.answer_idx = m.answer_idx
-          LEFT JOIN rollouts o ON m.source = 'student' AND o.run_id = m.run_id AND o.round = m.round
-                              AND o.prompt_id = m.prompt_id AND o.sample_idx = m.answer_idx
-          LEFT JOIN rewards w ON m.source = 'student' AND w.run_id = m.run_id AND w.round = m.round
-                             AND w.group_id = m.group_id AND w.sample_idx = m.answer_idx
-        WHERE list_contains($rounds, m.round) ORDER BY m.round, m.group_id, m.pool_position""", p).records()
-    out: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        out.setdefault((r.pop("round"), r.pop("group_id")), []).append(r)
-    return out
+_MESSAGES = '[{"role": "VARCHAR", "content": "VARCHAR"}]'
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
+    row = con.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def _column(con: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
+    return [r[0] for r in con.execute(sql).fetchall()]
 
 
 def _provenance(con: duckdb.DuckDBPyConnection, run_dir: Path, rounds: list[int], fmt: ExportFormat,
-                with_verdicts: bool, records: list[dict[str, Any]]) -> Provenance:
+                with_verdicts: bool) -> Provenance:
     p = {"rounds": rounds}
 
     def counts(sql: str) -> dict[str, int]:
@@ -218,21 +226,24 @@ def _provenance(con: duckdb.DuckDBPyConnection, run_dir: Path, rounds: list[int]
         merges=counts("SELECT kind, count(*) FROM merges WHERE list_contains($rounds, round) GROUP BY kind ORDER BY 1"),
         rubric_failures=counts("SELECT error_type, count(*) FROM rubric_failures WHERE list_contains($rounds, round) "
                                "GROUP BY 1 ORDER BY 1"))
-    sources = {s: KNOWN_LICENCES.get(s, "unknown") for s in sorted({r["source"] or "unknown" for r in records})}
+    sources = {s: KNOWN_LICENCES.get(s, "unknown") for s in _column(
+        con, "SELECT DISTINCT coalesce(nullif(source, ''), 'unknown') FROM x_rubrics ORDER BY 1")}
     licences = set(sources.values())
     check = _judge_check(run_dir)
-    rows = {"rubrics": len(records), "criteria": sum(len(r["criteria"]) for r in records),
-            "prompts": len({r["prompt_id"] for r in records})}
+    rows = {"rubrics": _scalar(con, "SELECT count(*) FROM x_rubrics"),
+            "criteria": _scalar(con, "SELECT count(*) FROM x_criteria"),
+            "prompts": _scalar(con, "SELECT count(DISTINCT prompt_id) FROM x_rubrics")}
     if with_verdicts:
-        pools = [a for r in records for a in r["pool"]]
-        rows |= {"answers": len(pools), "verdicts": sum(len(a["verdicts"]) for a in pools)}
+        answers, verdicts = con.execute("SELECT count(*), coalesce(sum(len(verdicts)), 0) FROM x_pool").fetchone() \
+            or (0, 0)
+        rows |= {"answers": answers, "verdicts": int(verdicts)}
     return Provenance(
         ropd_version=version("ropd"), run_id=run_dir.name, rounds=rounds, format=fmt, with_verdicts=with_verdicts,
-        rubricator_fingerprints=sorted({r["rubricator_fingerprint"] for r in records if r["rubricator_fingerprint"]}),
+        rubricator_fingerprints=_column(con, "SELECT DISTINCT rubricator_fingerprint FROM x_rubrics "
+                                             "WHERE rubricator_fingerprint <> '' ORDER BY 1"),
         rubricator=check.get("rubricator"), verifier=check.get("verifier"), templates=_templates(run_dir),
-        teacher_fingerprints=[r[0] for r in con.execute(
-            "SELECT DISTINCT teacher_fingerprint FROM teacher_answers WHERE teacher_fingerprint IS NOT NULL "
-            "ORDER BY 1").fetchall()],
+        teacher_fingerprints=_column(con, "SELECT DISTINCT teacher_fingerprint FROM teacher_answers "
+                                          "WHERE teacher_fingerprint IS NOT NULL ORDER BY 1"),
         qa=qa, rows=rows, sources=sources, licence=licences.pop() if len(licences) == 1 else "unknown")
 
 
@@ -266,18 +277,14 @@ def _templates(run_dir: Path) -> dict[str, list[str]]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _copy_jsonl(con: duckdb.DuckDBPyConnection, sql: str, path: Path) -> None:
+    """Write the query's rows to `path`, one JSON object a line, keys in the order selected.
 
-
-def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    DuckDB writes compact JSON (no spaces), UTF-8 unescaped, floats in their shortest round-trip form, and
+    keeps the query's ORDER BY, so the same rows give the same bytes.
+    """
+    quoted = str(path).replace("'", "''")
+    con.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT JSON)")
 
 
 # -- formats ---------------------------------------------------------------------------------------------
@@ -295,13 +302,35 @@ HF_SCHEMA = pa.schema([
     ("rubricator_fingerprint", pa.string()), ("criteria", pa.list_(_CRITERION))])
 
 
-def _write_hf(tmp: Path, records: list[dict[str, Any]], prov: Provenance) -> None:
+def nested_rubrics(with_verdicts: bool) -> str:
+    """SQL for one row per rubric (HF_SCHEMA's columns), its criteria (and pool) nested as lists of structs."""
+    pool = ", coalesce(a.pool, []) AS pool" if with_verdicts else ""
+    pool_join = """
+        LEFT JOIN (SELECT run_id, round, group_id,
+                          list(struct_pack(pool_position, source, answer_idx, text, verdicts, score, weighted, reward,
+                                           status) ORDER BY pool_position) AS pool
+                   FROM x_pool GROUP BY ALL) a USING (run_id, round, group_id)""" if with_verdicts else ""
+    return f"""
+        SELECT r.*, coalesce(c.criteria, []) AS criteria{pool} FROM x_rubrics r
+        LEFT JOIN (SELECT run_id, round, group_id,
+                          list(struct_pack(position, criterion_id, category, points, text) ORDER BY position)
+                            AS criteria
+                   FROM x_criteria GROUP BY ALL) c USING (run_id, round, group_id){pool_join}"""
+
+
+def _write_hf(con: duckdb.DuckDBPyConnection, tmp: Path, prov: Provenance) -> None:
     """A `datasets` dataset saved with `save_to_disk`; its fingerprint is a hash of the rows, so bytes repeat."""
     import datasets
 
     schema = HF_SCHEMA.append(pa.field("pool", pa.list_(_ANSWER))) if prov.with_verdicts else HF_SCHEMA
-    table = pa.Table.from_pylist(records, schema=schema)
-    digest = hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    table = con.sql(f"{nested_rubrics(prov.with_verdicts)} ORDER BY r.round, r.group_id").to_arrow_table()
+    # DuckDB leaves whatever bytes were there under a null value; a Parquet round trip stores the values
+    # alone and reads them back into clean buffers, so the dataset's files and its fingerprint repeat.
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.cast(schema), sink, compression="none")
+    parquet = sink.getvalue()
+    digest = hashlib.sha256(parquet).hexdigest()[:16]
+    table = pq.read_table(pa.BufferReader(parquet), schema=schema).combine_chunks()
     with _no_progress_bars():
         datasets.Dataset(table, fingerprint=digest).save_to_disk(str(tmp))
 
@@ -319,53 +348,48 @@ def _no_progress_bars() -> Iterator[None]:
             ds_logging.enable_progress_bar()
 
 
-def healthbench_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _write_healthbench(con: duckdb.DuckDBPyConnection, tmp: Path, prov: Provenance) -> None:
     """OpenAI simple-evals HealthBench rows: `prompt` (chat messages), `rubrics` ({criterion, points, tags}),
     `example_tags`, `prompt_id`; with verdicts, an extra `answers` list that HealthBench ignores."""
-    rows = []
-    for r in records:
-        where = [f"round:{r['round']}", f"rubric:{r['rubric_id']}"]
-        row: dict[str, Any] = {
-            "prompt_id": r["prompt_id"],
-            "prompt": [{"role": m["role"], "content": m["content"]} for m in r["messages"]],
-            "rubrics": [{"criterion": c["text"], "points": c["points"],
-                         "tags": [f"category:{c['category']}", *where, f"criterion:{c['criterion_id']}"]}
-                        for c in r["criteria"]],
-            "example_tags": [f"run:{r['run_id']}", *where, f"group:{r['group_id']}",
-                             *(f"qa_flag:{f}" for f in r["flags"])],
-        }
-        if "pool" in r:
-            row["answers"] = [{"source": a["source"], "answer_idx": a["answer_idx"], "completion": a["text"],
-                               "criteria_met": a["verdicts"], "reward": a["reward"]} for a in r["pool"]]
-        rows.append(row)
-    return rows
-
-
-def _write_healthbench(tmp: Path, records: list[dict[str, Any]], prov: Provenance) -> None:
-    _jsonl(tmp / "healthbench.jsonl", healthbench_rows(records))
+    answers = """, list_transform(pool, lambda a: {'source': a.source, 'answer_idx': a.answer_idx,
+                   'completion': a.text, 'criteria_met': a.verdicts, 'reward': a.reward}) AS answers"""
+    _copy_jsonl(con, f"""
+        SELECT prompt_id, messages AS prompt,
+               list_transform(criteria, lambda c: {{'criterion': c.text, 'points': c.points,
+                   'tags': [concat('category:', c.category), concat('round:', round), concat('rubric:', rubric_id),
+                            concat('criterion:', c.criterion_id)]}}) AS rubrics,
+               list_concat([concat('run:', run_id), concat('round:', round), concat('rubric:', rubric_id),
+                            concat('group:', group_id)], list_transform(flags, lambda f: concat('qa_flag:', f)))
+                 AS example_tags{answers if prov.with_verdicts else ""}
+        FROM ({nested_rubrics(prov.with_verdicts)}) ORDER BY round, group_id""", tmp / "healthbench.jsonl")
 
 
 _RUBRIC_KEYS = ("run_id", "round", "group_id", "prompt_id", "rubric_id", "raw_rubric_id", "is_clean", "judged",
                 "degenerate", "flags", "merges", "n_criteria", "max_score", "rubricator_fingerprint")
+_ANSWER_KEY = "r.run_id, r.round, r.group_id, r.prompt_id, r.rubric_id"
 
 
-def _write_jsonl(tmp: Path, records: list[dict[str, Any]], prov: Provenance) -> None:
+def _write_jsonl(con: duckdb.DuckDBPyConnection, tmp: Path, prov: Provenance) -> None:
     """prompts.jsonl, rubrics.jsonl (one line per criterion, its rubric's columns beside it), and with
     verdicts answers.jsonl (one line per pool answer) and verdicts.jsonl (one per answer and criterion)."""
-    prompts = {r["prompt_id"]: {"prompt_id": r["prompt_id"], "question": r["question"], "messages": r["messages"],
-                                "reference_answer": r["reference_answer"], "source": r["source"]} for r in records}
-    _jsonl(tmp / "prompts.jsonl", [prompts[k] for k in sorted(prompts)])
-    _jsonl(tmp / "rubrics.jsonl", [{**{k: r[k] for k in _RUBRIC_KEYS}, "question": r["question"], **c}
-                                   for r in records for c in r["criteria"]])
-    if prov.with_verdicts:
-        key = ("run_id", "round", "group_id", "prompt_id", "rubric_id")
-        _jsonl(tmp / "answers.jsonl", [{**{k: r[k] for k in key}, **{k: v for k, v in a.items() if k != "verdicts"}}
-                                       for r in records for a in r["pool"]])
-        _jsonl(tmp / "verdicts.jsonl", [
-            {**{k: r[k] for k in key}, "pool_position": a["pool_position"], "source": a["source"],
-             "answer_idx": a["answer_idx"], "criterion_id": c["criterion_id"], "category": c["category"],
-             "points": c["points"], "verdict": v}
-            for r in records for a in r["pool"] for c, v in zip(r["criteria"], a["verdicts"], strict=True)])
+    _copy_jsonl(con, "SELECT DISTINCT prompt_id, question, messages, reference_answer, source FROM x_rubrics "
+                     "ORDER BY prompt_id", tmp / "prompts.jsonl")
+    _copy_jsonl(con, f"""
+        SELECT {", ".join(f"r.{k}" for k in _RUBRIC_KEYS)}, r.question, c.position, c.criterion_id, c.category,
+               c.points, c.text
+        FROM x_rubrics r JOIN x_criteria c USING (run_id, round, group_id)
+        ORDER BY r.round, r.group_id, c.position""", tmp / "rubrics.jsonl")
+    if not prov.with_verdicts:
+        return
+    _copy_jsonl(con, f"""
+        SELECT {_ANSWER_KEY}, a.* EXCLUDE (run_id, round, group_id, verdicts)
+        FROM x_rubrics r JOIN x_pool a USING (run_id, round, group_id)
+        ORDER BY r.round, r.group_id, a.pool_position""", tmp / "answers.jsonl")
+    _copy_jsonl(con, f"""
+        SELECT {_ANSWER_KEY}, v.pool_position, v.source, v.answer_idx, v.criterion_id, v.category, v.points,
+               v.verdict
+        FROM x_rubrics r JOIN criterion_verdicts v USING (run_id, round, group_id, rubric_id)
+        ORDER BY r.round, r.group_id, v.pool_position, v.position""", tmp / "verdicts.jsonl")
 
 
 def dataset_card(prov: Provenance) -> str:
