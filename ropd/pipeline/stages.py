@@ -351,7 +351,7 @@ def judge_check_result(params: Params) -> JudgeCheckResult:
 # Which round stages each method runs; the others write empty outputs, so one DAG serves every method.
 USES = {"ropd": {"rollout", "mine", "qa", "verify"}, "tjudge": {"rollout", "verify"}, "sft": set(), "lopd": set()}
 # The stages that run under `launch.command`: GRPO's rollout and update (the TRL baselines launch themselves).
-USES_LAUNCH = {method: (used & {"rollout"}) | ({"train"} if used else set()) for method, used in USES.items()}
+USES_LAUNCH = {method: {"rollout", "train"} if "rollout" in used else set() for method, used in USES.items()}
 
 
 def _not_used(params: Params, stage: str, rd: Path, outputs: list[str]) -> bool:
@@ -817,8 +817,9 @@ def run_stage(params: Params, name: str, r: int | None = None) -> None:
         return
     t0 = time.perf_counter()
     if params.launch.command and name in params.launch.stages and name in USES_LAUNCH[params.method]:
-        with run_lock(RunPaths(params).run):
-            run_launched(params.launch.command, params.model_dump_json(), RunPaths(params).run, name, r)
+        run_dir = RunPaths(params).run
+        with run_lock(run_dir):
+            run_launched(params.launch.command, params.model_dump_json(), run_dir, name, r)
     else:
         fn(*args)
     timings = Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl"
