@@ -26,7 +26,7 @@ from ropd.params import ConfigError, Params, load_params
 from ropd.pipeline import stages
 from ropd.testing.server import ScriptedServer
 from tests.conftest import FAST, run
-from tests.tiny import BIN, project_env, tiny_params
+from tests.tiny import BIN, project_env, provide_models, tiny_params
 
 PRICE = {"input": 2.0, "cached_input": 0.5, "output": 8.0}  # USD per million tokens
 SECRET = "sk-cost-test-0123456789abcdef"
@@ -156,6 +156,7 @@ def judged(module_tmp: Path, smollm2_dir: Path) -> Iterator[tuple[Path, Scripted
     tests, and each costs a model load). cwd is the project."""
     with ScriptedServer() as srv, pytest.MonkeyPatch.context() as mp:
         data = tiny_params(srv.base_url, smollm2_dir.parent)
+        provide_models(module_tmp, smollm2_dir.parent)
         data["rounds"] = [{"r": 0, "next": 1}, {"r": 1, "next": 2}]
         data["data"]["pool_prompts"] = 4
         for role in ("rubricator", "verifier"):

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from ropd.params import load_params
 from ropd.pipeline import stages
 from ropd.testing.server import ScriptedServer
-from tests.tiny import BIN, tiny_params
+from tests.tiny import BIN, provide_models, tiny_params
 
 LR = 1e-5
 
@@ -32,6 +32,7 @@ def judged(module_tmp: Path, smollm2_dir: Path) -> Iterator[Path]:
     """Round 0 judged, then rolled out and trained once in this process; the outputs are kept aside."""
     with ScriptedServer() as srv, pytest.MonkeyPatch.context() as mp:
         data = tiny_params(srv.base_url, smollm2_dir.parent)
+        provide_models(module_tmp, smollm2_dir.parent)
         data["student"]["sampling"].update({"n": 3, "batch_size": 2})
         data["grpo"].update({"micro_batch_size": 1, "mini_batch_prompts": 1, "lr": LR})
         (module_tmp / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

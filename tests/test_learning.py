@@ -26,7 +26,7 @@ from ropd.rollout.hf_sampler import TransformersSampler
 from ropd.rubric.engine import Group, score_groups
 from ropd.testing.server import ScriptedServer
 from ropd.train.grpo import load_policy
-from tests.tiny import tiny_params
+from tests.tiny import provide_models, tiny_params
 
 ROUNDS, PROMPTS, N, TOKENS = 3, 2, 8, 32
 
@@ -64,6 +64,7 @@ def learned(module_tmp: Path, smollm2_dir: Path) -> tuple[float, float, list[dic
                      "rubric_prompts": 0},
         })
         data["runs_dir"] = str(module_tmp / "runs")
+        provide_models(module_tmp, smollm2_dir.parent)
         params = Params.model_validate(data)
         cwd = os.getcwd()
         os.chdir(module_tmp)  # the call cache and the demo data

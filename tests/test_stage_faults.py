@@ -19,7 +19,7 @@ import yaml
 from ropd.params import load_params
 from ropd.pipeline import stages
 from tests.test_faults import dead_url
-from tests.tiny import BIN, project_env, tiny_params
+from tests.tiny import BIN, project_env, provide_models, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,7 @@ def rolled(module_tmp: Path, smollm2_dir: Path) -> Iterator[Path]:
     proj = module_tmp
     fast = {"max_retries": 1, "backoff_initial_s": 0.01, "backoff_max_s": 0.02, "breaker_threshold": 2}
     data = tiny_params(dead_url(), smollm2_dir.parent)
+    provide_models(proj, smollm2_dir.parent)
     for role in ("rubricator", "verifier"):
         data[role].update(fast)
     (proj / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

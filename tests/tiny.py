@@ -54,7 +54,27 @@ def make_project(tmp: Path, base_url: str, models_dir: Path, overrides: dict | N
                 [str(BIN / "dvc"), "init", "-q"], [str(BIN / "dvc"), "config", "cache.type", "hardlink,copy"],
                 ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
         subprocess.run(cmd, cwd=proj, check=True, env=env)
+    provide_models(proj, models_dir)  # after the commit: git need not hash 0.5 GB of weights
     return proj
+
+
+def provide_models(root: Path, models_dir: Path | str) -> None:
+    """Hard-link the prepared SmolLM2 into `root / models_dir`, where a stage run from `root` looks for it.
+
+    The tests pass the session's relative `data/models` (the smollm2_dir fixture), which a stage whose cwd
+    is `root` resolves under `root`: without this, every such project's prepare stage converted the packaged
+    GGUF again (40-50 s of CPU and 0.5 GB of disk each, a dozen times a suite); now it verifies the
+    checksums, as it does for any prepared model. The conversion itself is what smollm2_dir and
+    tests/test_models.py test. An absolute models_dir is the test's own and is left alone.
+    """
+    from ropd.models import MANIFEST, SMOLLM2
+
+    models_dir = Path(models_dir)
+    src, dst = models_dir.resolve() / SMOLLM2.name, root / models_dir / SMOLLM2.name
+    if models_dir.is_absolute() or not (src / MANIFEST).is_file() or dst.exists() or src == dst.resolve():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst, copy_function=os.link)  # the weights are only read
 
 
 def project_env() -> dict[str, str]:
