@@ -1,4 +1,4 @@
-"""Sample efficiency: held-out accuracy against prompts seen, for ROPD, SFT, T-Judge and LOPD.
+"""Sample efficiency: held-out accuracy against prompts seen, for ROPD, static rubrics, SFT, T-Judge and LOPD.
 
     .venv/bin/python bench/sample_efficiency.py --preset small     # under an hour on 2 CPU cores
     .venv/bin/python bench/sample_efficiency.py --preset full      # a GPU, or an afternoon
@@ -10,12 +10,16 @@ Its logits drive LOPD; its sampled text answers are what SFT imitates and what t
 and the T-Judge see. The judges are the shipped params' (the packaged SmolLM2, unless `--params`
 points at a file whose rubricator/verifier blocks name another endpoint).
 
+The static-rubric arm (`method: static_rubric`, the Rubrics-as-Rewards-style baseline) verifies its
+rollouts against the ROPD arm's mined rubrics, exported once (`ropd export --format healthbench`)
+and never revised: the same prompts, rubricator and verifier, but the rubrics were written against
+another policy's answers and cannot follow this arm's. It runs the ROPD arm first if needed.
+
 Every method gets the same learning rate (the preset's `lr`): at the paper's GRPO rate of 1e-6, four
 optimizer steps leave a 135M policy's greedy answers unchanged, and a comparison of unequal rates
 would measure the rates. Budget b = prompts seen after a round; b = 0 is the shared starting policy.
 Each method is resumable: a run (named by a hash of its settings) whose last round was already
-evaluated is read back, not rerun, and LLM calls are cached anyway. A finished run's optimizer files
-are deleted (the weights stay), since the study never resumes it.
+evaluated is read back, not rerun, and LLM calls are cached anyway.
 
 Writes <out>/sample_efficiency_<preset>.json (the table) and .png (accuracy and mean rubric score
 against prompts seen). The last line printed is JSON: each method's final accuracy and the prompts
@@ -35,7 +39,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("sft", "ropd", "tjudge", "lopd")
+METHODS = ("sft", "ropd", "static_rubric", "tjudge", "lopd")
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {"rounds": 4, "prompts_per_round": 4, "lr": 1e-5, "n": 4, "max_new_tokens": 96, "eval_prompts": 32,
               "k": 1, "eval_temperature": 0.0, "rubric_prompts": 3, "teacher_sft": {"n_prompts": 48, "epochs": 1}},
@@ -63,6 +67,16 @@ def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, wor
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     data["run_id"] = f"se-{tag}-{method}-{digest}"  # changed settings are a new run, never a stale resume
     return data
+
+
+def static_rubric_set(ropd_run: Path, work: Path) -> Path:
+    """The ROPD run's QA-cleaned rubrics of every round as one HealthBench file (deterministic bytes)."""
+    from ropd.store.export import ExportFormat, export_run
+
+    out = work / "static_rubrics" / ropd_run.name
+    if not (out / "healthbench.jsonl").is_file():
+        export_run(ropd_run, out, ExportFormat.healthbench)
+    return out / "healthbench.jsonl"
 
 
 def stage_seconds(params: Any) -> float:
@@ -123,16 +137,25 @@ def main() -> None:
     from ropd.params import Params
     from ropd.pipeline.stages import RunPaths, evaluate_checkpoint, run_all
 
-    rows: list[dict[str, Any]] = []
-    wall: dict[str, float] = {}
-    for method in methods:
-        params = Params.model_validate(method_params(base, preset, method, work, args.preset))
-        paths = RunPaths(params)
-        last = paths.round(params.rounds[-1].r) / "eval.json"
-        t0 = time.monotonic()
+    def finished(method: str, settings: dict[str, Any]) -> Any:
+        """The method's run, run first unless its last round was already evaluated."""
+        params = Params.model_validate(method_params(settings, preset, method, work, args.preset))
+        last = RunPaths(params).round(params.rounds[-1].r) / "eval.json"
         if not (last.is_file() and "accuracy" in json.loads(last.read_text())):
             print(f"[{method}] running {len(params.rounds)} rounds x {preset['prompts_per_round']} prompts", flush=True)
             run_all(params)
+        return params
+
+    rows: list[dict[str, Any]] = []
+    wall: dict[str, float] = {}
+    for method in methods:
+        t0 = time.monotonic()
+        settings = base
+        if method == "static_rubric":  # the ROPD arm's rubrics, exported once and then fixed
+            settings = {**base, "static_rubric": {"file": str(static_rubric_set(RunPaths(finished("ropd", base)).run,
+                                                                                work)), "format": "healthbench"}}
+        params = finished(method, settings)
+        paths = RunPaths(params)
         wall[method] = round(stage_seconds(params), 1)
         print(f"[{method}] done in {time.monotonic() - t0:.0f}s (stage time {wall[method]}s)", flush=True)
         base_eval = work / "eval_base.json"

@@ -17,6 +17,7 @@ from ropd.eval.judge_check import JudgeCheckParams
 from ropd.pipeline.checkpoints import CheckpointParams
 from ropd.pipeline.launch import LaunchParams
 from ropd.rollout.base import SamplingParams
+from ropd.rubric.static import StaticRubricParams
 from ropd.store.qa import QAConfig
 from ropd.train.config import GRPOConfig, LOPDSettings, SFTSettings
 
@@ -103,9 +104,9 @@ class Params(BaseModel):
     run_id: str = Field(default="demo", pattern=r"^[A-Za-z0-9_.-]+$")
     runs_dir: str = "data/runs"
     models_dir: str = "data/models"
-    method: Literal["ropd", "sft", "tjudge", "lopd"] = Field(
-        default="ropd", description="ropd (rubric rewards), sft (teacher answers), tjudge (scalar judge reward), "
-        "lopd (teacher logits, white-box)")
+    method: Literal["ropd", "static_rubric", "sft", "tjudge", "lopd"] = Field(
+        default="ropd", description="ropd (rubric rewards), static_rubric (fixed rubrics from a file), sft (teacher "
+        "answers), tjudge (scalar judge reward), lopd (teacher logits, white-box)")
     rounds: list[RoundItem] = Field(default_factory=lambda: [RoundItem(r=0, next=1), RoundItem(r=1, next=2)],
                                     min_length=1)
     data: DataParams = DataParams()
@@ -132,6 +133,7 @@ class Params(BaseModel):
     judge_check: JudgeCheckParams = JudgeCheckParams()
     launch: LaunchParams = LaunchParams()
     checkpoints: CheckpointParams = CheckpointParams()
+    static_rubric: StaticRubricParams = StaticRubricParams()
 
     @field_validator("rounds", mode="before")
     @classmethod
@@ -146,6 +148,13 @@ class Params(BaseModel):
         for i, item in enumerate(self.rounds):
             if item.r != i or item.next != i + 1:
                 raise ValueError(f"rounds[{i}] must be {{r: {i}, next: {i + 1}}}: rounds run 0, 1, 2, … in order")
+        return self
+
+    @model_validator(mode="after")
+    def _static_needs_file(self) -> Params:
+        if self.method == "static_rubric" and self.static_rubric.file is None:
+            raise ValueError("method static_rubric needs static_rubric.file: a rubric set imported with "
+                             "`ropd import rubrics` or an earlier run's `ropd export` (docs/audit.md)")
         return self
 
     @model_validator(mode="after")

@@ -88,6 +88,63 @@ def test_tjudge_round(project: tuple[Path, ScriptedServer]) -> None:
     assert json.loads((rd / "diagnostics.json").read_text())["method"] == "tjudge"
 
 
+def test_static_rubric_round_verifies_against_an_exported_set(project: tuple[Path, ScriptedServer]) -> None:
+    """The ROPD run's round-0 rubrics, exported and read back as a fixed set: the same rollouts (same
+    checkpoint and seed) against the same clean rubrics give the same rewards, with no rubricator call."""
+    from ropd.pipeline.stages import cost_plan, run_stage
+    from ropd.store.export import ExportFormat, export_run
+
+    root, srv = project
+    mined = RunPaths(Params.model_validate(yaml.safe_load((root / "ropd.yaml").read_text())))
+    export_run(mined.run, root / "exported", ExportFormat.healthbench)
+    overrides = {"static_rubric": {"file": str(root / "exported" / "healthbench.jsonl")}}
+    data = {**tiny_params(srv.base_url, root / "models", {"run_id": "static", "method": "static_rubric",
+                                                         "eval.rubric_prompts": 2}), **overrides}
+    params = Params.model_validate(data)
+    for name in ("demo_data", "prepare", "teacher", "judge_check"):
+        run_stage(params, name)
+    run_stage(params, "rollout", 0)
+    asked = srv.received("rubric")
+    run_stage(params, "mine", 0)
+    assert srv.received("rubric") == asked  # the rubrics come from the file
+    for name in ("qa", "verify", "train", "evaluate"):
+        run_stage(params, name, 0)
+    run_stage(params, "summarize")
+    run_stage(params, "report")
+    paths = RunPaths(params)
+    assert {stage for stage, r, *_ in cost_plan(params) if r is not None} == {"verify"}  # no rubricator call to pay
+    metrics = check_common(paths, "static_rubric")
+    rd, md = paths.round(0), mined.round(0)
+    rubrics = pd.read_parquet(rd / "rubrics.parquet")
+    assert (rubrics["rubricator_fingerprint"].str.startswith("static:healthbench:")).all()
+    assert set(rubrics["rubric_id"]) == set(pd.read_parquet(md / "rubrics_clean.parquet")["rubric_id"])
+    cols = ["prompt_id", "sample_idx", "reward", "status"]
+    got = pd.read_parquet(rd / "rewards.parquet")[cols].sort_values(cols[:2]).reset_index(drop=True)
+    want = pd.read_parquet(md / "rewards.parquet")[cols].sort_values(cols[:2]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert (got["status"] == "ok").all() and metrics["steps"] == 1 and weights_changed(paths)
+    # A set that misses one of the round's prompts is refused by name, not trained as a zero reward.
+    lines = (root / "exported" / "healthbench.jsonl").read_text().splitlines()
+    (root / "short.jsonl").write_text(lines[0] + "\n")
+    missing = json.loads(lines[1])["prompt_id"]
+    short = Params.model_validate({**data, "static_rubric": {"file": str(root / "short.jsonl")}})
+    with pytest.raises(ValueError, match=f"round 0: static_rubric.file .*short.jsonl has no rubric for 1 of the "
+                                         f"round's 2 prompts \\({missing}\\)"):
+        run_stage(short, "mine", 0)
+    # A penalising criterion (HealthBench's negative points) is refused for training unless a mapping is chosen.
+    row = json.loads(lines[0]) | {"prompt_id": missing}
+    row["rubrics"].append({"criterion": "Recommends skipping the check of the result", "points": -3, "tags": []})
+    (root / "negative.jsonl").write_text(lines[0] + "\n" + json.dumps(row) + "\n")
+    negative = {**data, "static_rubric": {"file": str(root / "negative.jsonl")}}
+    with pytest.raises(ValueError, match=r"(?s)static_rubric.file: .*negative.jsonl: line 2: criterion .* "
+                                         r"negative_points.* choose a points mapping"):
+        run_stage(Params.model_validate(negative), "mine", 0)
+    negative["static_rubric"]["mapping"] = "drop_negative"
+    run_stage(Params.model_validate(negative), "mine", 0)
+    kept = pd.read_parquet(rd / "criteria.parquet").query("prompt_id == @missing")["text"].tolist()
+    assert kept == [c["criterion"] for c in json.loads(lines[0])["rubrics"]]  # the penalising one left out
+
+
 def test_sft_round(project: tuple[Path, ScriptedServer]) -> None:
     root, srv = project
     paths = run_method(root, srv, "sft")

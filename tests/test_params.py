@@ -39,7 +39,7 @@ def write(tmp_path: Path, patch: dict) -> Path:
     ({"grpo.lr": -1}, r"grpo\.lr: Input should be greater than 0 \(got -1\)"),
     ({"grpo.learning_rate": 1e-5}, r"unknown key 'grpo\.learning_rate'; allowed here: .*eps_high.*lr"),
     ({"colour": "blue"}, r"unknown key 'colour'; allowed here: .*rounds"),
-    ({"method": "magic"}, r"method: Input should be 'ropd', 'sft', 'tjudge' or 'lopd' \(got 'magic'\)"),
+    ({"method": "magic"}, r"method: Input should be 'ropd', 'static_rubric', 'sft', 'tjudge' or 'lopd' \(got 'magic'\)"),
     ({"verifier.provider": "ollama"}, r"verifier\.provider: Input should be 'openai', 'local' or 'dataset'"),
     ({"engine.min_criteria": 2}, r"engine\.min_criteria: Input should be greater than or equal to 4"),
     ({"teacher.m": 0}, r"teacher\.m: Input should be greater than or equal to 1"),

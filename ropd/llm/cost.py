@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from ropd.rubric.engine import Group
 
 CHARS_PER_TOKEN = 4  # as ChatRequest.est_tokens
-# The per-round stages that call judges, in the order a round runs them, and the role each one calls.
-JUDGE_STAGES = ("mine", "verify")
 STAGE_ROLE = {"teacher": "teacher", "mine": "rubricator", "verify": "verifier"}
 ROLES = ("teacher", "rubricator", "verifier")
 RoundSel = int | Literal["any"] | None  # a round, "any" (all rounds and run-level stages), None (run-level only)

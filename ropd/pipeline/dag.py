@@ -64,7 +64,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "teacher": ["teacher", "eval.rubric_prompts"],
     "judge_check": ["method", "judge_check", "rubricator", "verifier", "engine"],
     "rollout": ["method", "student", "data.seed"],
-    "mine": ["method", "rubricator", "engine", "shared_rubric"],
+    "mine": ["method", "rubricator", "engine", "shared_rubric", "static_rubric"],
     "qa": ["method", "qa"],
     "verify": ["method", "verifier", "engine", "shared_rubric", "degenerate_rubrics"],
     "train": ["method", "grpo", "quality_gate", "sft", "lopd"],

@@ -27,7 +27,6 @@ from ropd.llm.base import ChatModel, run_closing
 from ropd.llm.cache import CallCache, CallTag
 from ropd.llm.cost import (
     CHARS_PER_TOKEN,
-    JUDGE_STAGES,
     Ledger,
     Remaining,
     budget_status,
@@ -331,7 +330,7 @@ def judge_check_result(params: Params) -> JudgeCheckResult:
              f"({params.rubricator.fingerprint(RUBRICATOR_VERSION)})",
              f"{params.verifier.provider}:{params.verifier.model} ({params.verifier.fingerprint(VERIFIER_VERSION)})")
     n = params.judge_check.prompts
-    if params.method != "ropd" or n == 0:
+    if params.method not in RUBRIC_REWARD or n == 0:
         why = "judge_check.prompts is 0" if n == 0 else f"method {params.method} trains on no rubric verdicts"
         return JudgeCheckResult(status="SKIPPED", reason=why, rubricator=names[0], verifier=names[1], n_prompts=0)
     df = _prompts(paths)
@@ -349,7 +348,12 @@ def judge_check_result(params: Params) -> JudgeCheckResult:
 
 # -- methods ---------------------------------------------------------------------------------------------
 # Which round stages each method runs; the others write empty outputs, so one DAG serves every method.
-USES = {"ropd": {"rollout", "mine", "qa", "verify"}, "tjudge": {"rollout", "verify"}, "sft": set(), "lopd": set()}
+USES = {"ropd": {"rollout", "mine", "qa", "verify"}, "static_rubric": {"rollout", "mine", "qa", "verify"},
+        "tjudge": {"rollout", "verify"}, "sft": set(), "lopd": set()}
+# The round stages that call a judge (static_rubric's `mine` reads its rubrics from a file).
+CALLS_JUDGE = {"ropd": ("mine", "verify"), "static_rubric": ("verify",), "tjudge": ("verify",), "sft": (), "lopd": ()}
+# The methods whose reward is a rubric verdict, and so depend on the judge check.
+RUBRIC_REWARD = {"ropd", "static_rubric"}
 # The stages that run under `launch.command`: GRPO's rollout and update (the TRL baselines launch themselves).
 USES_LAUNCH = {method: {"rollout", "train"} if "rollout" in used else set() for method, used in USES.items()}
 
@@ -465,10 +469,9 @@ def cost_plan(params: Params) -> list[tuple[str, int | None, int, Callable[[], f
     per_prompt = 1 if params.shared_rubric else params.student.sampling.n
     for item in params.rounds:
         calls = int((df["round"] == item.r).sum()) * per_prompt
-        for stage in JUDGE_STAGES:
-            if stage in USES[params.method]:
-                plan.append((stage, item.r, calls,
-                             lambda s=stage, r=item.r: judge_size_usd(params, s, _sized_groups(params, paths, r))))
+        plan += [(stage, item.r, calls,
+                  lambda s=stage, r=item.r: judge_size_usd(params, s, _sized_groups(params, paths, r)))
+                 for stage in CALLS_JUDGE[params.method]]
     return plan
 
 
@@ -500,9 +503,12 @@ def mine(params: Params, r: int) -> None:
                                                       "rubric_failures.parquet"]):
             return
         groups = _groups(params, paths, r)
+        if params.method == "static_rubric":
+            _static_mine(params, paths, r, groups)
+            return
         judged = [g for _, g in groups]
         _budget_gate(params, "mine", r, paths.round(r), [(s, len(judged), lambda s=s: judge_size_usd(params, s, judged))
-                                                        for s in JUDGE_STAGES if s in USES[params.method]])
+                                                        for s in CALLS_JUDGE[params.method]])
 
         async def one(g: Group, chat: ChatModel) -> Rubric | LLMError:
             try:
@@ -519,12 +525,25 @@ def mine(params: Params, r: int) -> None:
         failed = [{"run_id": params.run_id, "round": r, "group_id": m.group_id, "prompt_id": m.prompt_id,
                    "stage": o.stage or "rubric", "error_type": o.type.value, "message": o.message}
                   for (m, _), o in zip(groups, outcomes, strict=True) if isinstance(o, LLMError)]
-        rubrics, criteria = rubric_frames(ok, run_id=params.run_id, round=r,
-                                          rubricator_fingerprint=params.rubricator.fingerprint(RUBRICATOR_VERSION))
-        rd = paths.round(r)
-        atomic_write_parquet(rubrics, rd / "rubrics.parquet")
-        atomic_write_parquet(criteria, rd / "criteria.parquet")
-        atomic_write_parquet(pd.DataFrame(failed, columns=FAILURE_COLS), rd / "rubric_failures.parquet")
+        _write_rubrics(params, paths, r, ok, failed, params.rubricator.fingerprint(RUBRICATOR_VERSION))
+
+
+def _static_mine(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMeta, Group]]) -> None:
+    """static_rubric's `mine`: each group's rubric is its prompt's rubric from the file; no judge call."""
+    from ropd.rubric.static import load_static, rubric_for
+
+    static = load_static(params.static_rubric)
+    by_prompt = rubric_for(static, [m.prompt_id for m, _ in groups], str(params.static_rubric.file), r)
+    _write_rubrics(params, paths, r, [(m, by_prompt[m.prompt_id]) for m, _ in groups], [], static.fingerprint)
+
+
+def _write_rubrics(params: Params, paths: RunPaths, r: int, ok: list[tuple[GroupMeta, Rubric]],
+                   failed: list[dict[str, Any]], fingerprint: str) -> None:
+    rubrics, criteria = rubric_frames(ok, run_id=params.run_id, round=r, rubricator_fingerprint=fingerprint)
+    rd = paths.round(r)
+    atomic_write_parquet(rubrics, rd / "rubrics.parquet")
+    atomic_write_parquet(criteria, rd / "criteria.parquet")
+    atomic_write_parquet(pd.DataFrame(failed, columns=FAILURE_COLS), rd / "rubric_failures.parquet")
 
 
 def qa(params: Params, r: int) -> None:
