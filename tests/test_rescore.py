@@ -4,6 +4,7 @@ from the round's own parquet files."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,32 @@ def test_cli(run: Path) -> None:
     assert result.exit_code == 1 and "CATEGORY one of task_fulfilment" in result.output
     result = CliRunner().invoke(app, ["audit", "rescore", "demo", "--runs", str(run.parent)])
     assert result.exit_code == 1 and "needs a run and a round" in result.output
+
+
+def test_the_report_shows_rescores_and_imported_sets(run: Path, tmp_path: Path) -> None:
+    from ropd.store.report import write_report
+    from ropd.store.rescore import rescore_summaries
+    from ropd.store.rubric_import import ImportFormat, import_rubrics
+
+    imports = tmp_path / "imports"
+    page = write_report(run, tmp_path / "before.html", imports_dir=imports).read_text(encoding="utf-8")
+    assert "None yet: `ropd audit rescore demo --round R" in page and "No imported rubric set covers" in page
+    done = rescore(run, 0, RescoreOptions(drop=["p-train:c1"]))
+    (summary,) = rescore_summaries(run)
+    assert (summary.file, summary.round, summary.options) == (done.path.name, 0, '{"drop":["p-train:c1"]}')
+    deltas = [d for p in done.prompts for d in p.deltas]
+    assert summary.rollouts == len(deltas) and summary.changed == sum(d is not None and abs(d) > 1e-12 for d in deltas)
+    assert summary.sign_flips == sum(p.sign_flips for p in done.prompts)
+    assert summary.min_spearman == min(p.spearman for p in done.prompts if p.spearman is not None)
+    hb = tmp_path / "hb.jsonl"
+    hb.write_text(json.dumps({"prompt_id": "p-train", "prompt": [{"role": "user", "content": "How far?"}], "rubrics": [
+        *({"criterion": f"States the distance in km, check {i}", "points": 2, "tags": ["category:task_fulfilment"]}
+          for i in range(4)), {"criterion": "Guesses without computing", "points": -4, "tags": []}]}) + "\n")
+    import_rubrics(hb, ImportFormat.healthbench, tmp_path / "s.duckdb", imports)
+    page = write_report(run, tmp_path / "after.html", imports_dir=imports).read_text(encoding="utf-8")
+    assert done.path.name in page and "{&quot;drop&quot;:[&quot;p-train:c1&quot;]}" in page
+    section = page[page.index("<code>p-train</code>"):]
+    section = section[:section.index('<details class="prompt"')] if '<details class="prompt"' in section else section
+    assert re.search(rf"Imported rubric \w+ · {re.escape(str(hb))} line 1 \(healthbench\) · 5 criteria", section)
+    assert "Guesses without computing" in section and "negative_points" in section
+    assert f"<td>{hb}</td>" in page  # the sets table: one set, one prompt of this run, one flagged criterion

@@ -3,7 +3,8 @@
 Safety by construction: every piece of text goes through `tag`, which escapes it, and only `tag`
 produces markup. A Content-Security-Policy with hashes admits exactly our own inline style and
 script, so even a slip in escaping could not run a rollout's `<script>` or `onerror`. The page is a
-pure function of the run's files (no timestamp), so it only changes when the run does.
+pure function of the run's files, its what-if rescores and the imported rubric sets (no timestamp), so it
+only changes when one of those does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import duckdb
 from ropd.eval.correctness import is_correct
 from ropd.io import atomic_write_text
 from ropd.llm.cost import usd_text
+from ropd.store.db import DEFAULT_IMPORTS
 from ropd.store.tables import create_schema, load_run
 
 PAPER_AUC = 0.90
@@ -68,8 +70,8 @@ def num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cur = con.execute(sql)
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params)
     cols = [d[0] for d in cur.description or []]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -233,10 +235,10 @@ Rows = list[dict[str, Any]]
 
 
 def _prompt_section(pid: str, prompt: dict[str, Any] | None, teacher: Rows,
-                    parts: dict[str, dict[tuple[int, str | None], Rows]]) -> Safe:
-    """One collapsed section per prompt: question, teacher answers, then per round each group's rubric,
-    merges and verdict matrix, and the round's rollouts. `parts` maps a section name to rows by (round, group),
-    the group being None for rollouts."""
+                    parts: dict[str, dict[tuple[int, str | None], Rows]], imported: list[Rows]) -> Safe:
+    """One collapsed section per prompt: question, teacher answers, the imported rubrics of the prompt, then
+    per round each group's rubric, merges and verdict matrix, and the round's rollouts. `parts` maps a section
+    name to rows by (round, group), the group being None for rollouts."""
     question = (prompt or {}).get("question") or ""
     reference = (prompt or {}).get("reference_answer")
     keys = sorted({k for section in parts.values() for k in section}, key=lambda k: (k[0], k[1] or ""))
@@ -255,6 +257,7 @@ def _prompt_section(pid: str, prompt: dict[str, Any] | None, teacher: Rows,
     if teacher:
         body.append(tag("details", tag("summary", f"Teacher answers ({len(teacher)})"),
                         [tag("pre", f"[{t['answer_idx']}] ", t["text"]) for t in teacher]))
+    body += [_imported_block(crit) for crit in imported]
     for rnd in rounds:
         body.append(tag("h4", f"Round {rnd}"))
         for key in (k for k in keys if k[0] == rnd and k[1] is not None):
@@ -326,8 +329,65 @@ def _judge_check_section(run_dir: Path) -> Safe:
     return join(parts)
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write the run's audit report (default `run_dir/report.html`) and return its path."""
+def _rescore_section(run_dir: Path) -> Safe:
+    """The what-if rescores an auditor ran on this run (`ropd audit rescore`): did a flagged criterion matter?"""
+    from ropd.store.rescore import rescore_dir, rescore_summaries
+
+    rows = [x.model_dump() for x in rescore_summaries(run_dir)]
+    if not rows:
+        return tag("p", f"None yet: `ropd audit rescore {run_dir.name} --round R --drop-criterion ID` recomputes a "
+                        f"round's rewards and advantages from its verdicts (no judge call) and writes "
+                        f"{rescore_dir(run_dir)}/, which this page then shows.", class_="muted")
+    cells = [{**r, "mean_abs_delta": num(r["mean_abs_delta"]), "min_spearman": num(r["min_spearman"])} for r in rows]
+    columns = ["round", "options", "rollouts", "changed", "mean_abs_delta", "sign_flips", "prompts_flipped",
+               "min_spearman", "file"]
+    return join([tag("div", _table(cells, columns), class_="scroll"),
+                 tag("p", "changed: rollouts whose reward moved; sign_flips: rollouts whose group advantage changed "
+                          "sign (the update would push them the other way); min_spearman: the lowest per-prompt rank "
+                          "correlation with the stored rewards.", class_="muted")])
+
+
+def _imports(con: duckdb.DuckDBPyConnection, imports_dir: Path | None) -> Rows:
+    """The imported criteria (`ropd import rubrics`) of this run's prompts, from the import records."""
+    if imports_dir is None or not any(imports_dir.glob("*.parquet")):
+        return []
+    return _rows(con, "SELECT * FROM read_parquet($glob) WHERE prompt_id IN (SELECT prompt_id FROM prompts) "
+                      "ORDER BY source_file, rubric_line, position", {"glob": str(imports_dir / "*.parquet")})
+
+
+def _imports_section(imported: Rows, imports_dir: Path | None) -> Safe:
+    if not imported:
+        return tag("p", f"No imported rubric set covers this run's prompts ({imports_dir or 'no imports directory'}; "
+                        "`ropd import rubrics FILE --format healthbench|jsonl` adds one).", class_="muted")
+    sets: dict[str, Rows] = defaultdict(list)
+    for c in imported:
+        sets[c["source_file"]].append(c)
+    rows = [{"file": name, "format": cs[0]["format"], "sha256": cs[0]["file_sha256"][:16],
+             "prompts": len({c["prompt_id"] for c in cs}), "rubrics": len({c["rubric_line"] for c in cs}),
+             "criteria": len(cs), "flagged criteria": sum(bool(c["flags"]) for c in cs),
+             "flags": ", ".join(sorted({f for c in cs for f in c["flags"]})) or "—"}
+            for name, cs in sorted(sets.items())]
+    return tag("div", _table(rows, list(rows[0])), class_="scroll")
+
+
+def _imported_block(crit: Rows) -> Safe:
+    first = crit[0]
+    head = tag("p", f"Imported rubric {first['rubric_id']} · {first['source_file']} line {first['rubric_line']} "
+                    f"({first['format']}) · {len(crit)} criteria ",
+               [tag("span", f, class_="badge") for f in first["rubric_flags"]])
+    table = tag("table", tag("tr", tag("th", "id"), tag("th", "category"), tag("th", "pts"), tag("th", "criterion"),
+                             tag("th", "flags")),
+                [tag("tr", tag("td", c["criterion_id"]), tag("td", c["category"] or "—"),
+                     tag("td", num(c["points"]), class_="n"), tag("td", c["text"]),
+                     tag("td", [tag("span", f, class_="badge err") for f in c["flags"]])) for c in crit])
+    return join([head, table])
+
+
+def write_report(run_dir: Path, out: Path | None = None, imports_dir: Path | None = DEFAULT_IMPORTS) -> Path:
+    """Write the run's audit report (default `run_dir/report.html`) and return its path.
+
+    Beside the run's own files it shows the run's what-if rescores and the imported rubric sets that cover
+    its prompts, so the page changes when an auditor adds either."""
     out = out or run_dir / "report.html"
     con = duckdb.connect()
     create_schema(con)
@@ -352,19 +412,25 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
             # A round's rollouts are shown together, whichever groups they were judged in.
             group = None if name == "rollouts" else row["group_id"]
             per_prompt[row["prompt_id"]][name][(row["round"], group)].append(row)
+    imported = _imports(con, imports_dir)
     con.close()
+    by_import: dict[str, dict[tuple[str, int], Rows]] = defaultdict(lambda: defaultdict(list))
+    for c in imported:
+        by_import[c["prompt_id"]][(c["source_file"], c["rubric_line"])].append(c)
 
     # Only prompts some round used: prompts.parquet also lists future rounds' and held-out prompts.
-    sections = [_prompt_section(pid, prompts.get(pid), teacher.get(pid, []), per_prompt[pid])
-                for pid in sorted(per_prompt)]
+    sections = [_prompt_section(pid, prompts.get(pid), teacher.get(pid, []), per_prompt[pid],
+                                [by_import[pid][k] for k in sorted(by_import[pid])]) for pid in sorted(per_prompt)]
+    audit = join([tag("h2", "What-if rescores"), _rescore_section(run_dir),
+                  tag("h2", "Imported rubric sets"), _imports_section(imported, imports_dir)])
     atomic_write_text(_page(run_dir.name, trends, f"{len(sections)} prompt(s) used, of {len(prompts)} in "
-                            "prompts.parquet", sections, _spend_section(diagnostics), _judge_check_section(run_dir)),
-                      out)
+                            "prompts.parquet", sections, _spend_section(diagnostics), _judge_check_section(run_dir),
+                            audit), out)
     return out
 
 
 def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections: list[Safe], spend: Safe,
-          judge: Safe) -> str:
+          judge: Safe, audit: Safe) -> str:
     rounds = [t["round"] for t in trends]
 
     def series(*cols: str) -> dict[str, list[float | None]]:
@@ -398,7 +464,7 @@ def _page(run_id: str, trends: list[dict[str, Any]], prompts_line: str, sections
                  tag("h2", "Is the judge good enough to train on?"), judge,
                  tag("h2", "Across rounds"), charts,
                  tag("h2", "Per round"), tag("div", _table(trends, columns), class_="scroll"),
-                 tag("h2", "LLM tokens and spend"), spend,
+                 tag("h2", "LLM tokens and spend"), spend, audit,
                  tag("h2", "Prompts"), tools, sections,
                  Safe(f"<script>{SCRIPT}</script>")])
     return f'<!doctype html>\n<html lang="en"><head>{head}</head><body>{body}</body></html>\n'

@@ -106,9 +106,47 @@ def rescore(run_dir: Path, rnd: int, options: RescoreOptions) -> RescoreResult:
     frame.insert(0, "round", rnd)
     frame.insert(0, "run_id", run_dir.name)
     frame["options"] = options.model_dump_json()
-    path = run_dir.parent / ".rescore" / run_dir.name / f"round_{rnd}_{options.digest()}.parquet"
+    path = rescore_dir(run_dir) / f"round_{rnd}_{options.digest()}.parquet"
     atomic_write_parquet(frame, path)
-    return RescoreResult(run_id=run_dir.name, round=rnd, options=options, prompts=_per_prompt(frame), path=path)
+    return RescoreResult(run_id=run_dir.name, round=rnd, options=options, prompts=per_prompt(frame), path=path)
+
+
+def rescore_dir(run_dir: Path) -> Path:
+    return run_dir.parent / ".rescore" / run_dir.name
+
+
+class RescoreSummary(BaseModel):
+    """One rescore file in a line, for the report: how far the rewards moved and whether the update would differ."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    round: int
+    options: str  # the options that differ from the defaults, as JSON
+    rollouts: int
+    changed: int  # rollouts whose reward moved (null counts as a move to or from a number)
+    mean_abs_delta: float | None
+    sign_flips: int
+    prompts_flipped: int
+    min_spearman: float | None
+
+
+def rescore_summaries(run_dir: Path) -> list[RescoreSummary]:
+    """Every `ropd audit rescore` written for the run, oldest option set first by name (round, digest)."""
+    out = []
+    for path in sorted(rescore_dir(run_dir).glob("round_*.parquet")):
+        frame = pd.read_parquet(path)
+        prompts = per_prompt(frame)
+        moved = (frame["delta"].abs() > 1e-12) | (frame["reward"].isna() != frame["new_reward"].isna())
+        rhos = [p.spearman for p in prompts if p.spearman is not None]
+        options = RescoreOptions.model_validate_json(frame["options"].iloc[0]) if len(frame) else RescoreOptions()
+        out.append(RescoreSummary(
+            file=path.name, round=int(path.stem.split("_")[1]), options=options.model_dump_json(exclude_defaults=True),
+            rollouts=len(frame), changed=int(moved.sum()),
+            mean_abs_delta=float(frame["delta"].abs().mean()) if frame["delta"].notna().any() else None,
+            sign_flips=int(frame["sign_flip"].sum()), prompts_flipped=sum(p.sign_flips > 0 for p in prompts),
+            min_spearman=min(rhos) if rhos else None))
+    return out
 
 
 def _criteria(con: duckdb.DuckDBPyConnection, rnd: int, ignore_merges: bool) -> None:
@@ -177,7 +215,7 @@ def _rewards(con: duckdb.DuckDBPyConnection, rnd: int, options: RescoreOptions) 
         WHERE w.round = $r ORDER BY w.prompt_id, w.group_id, w.sample_idx""", params).df()
 
 
-def _per_prompt(frame: pd.DataFrame) -> list[PromptChange]:
+def per_prompt(frame: pd.DataFrame) -> list[PromptChange]:
     """Per prompt (the frame is sorted by prompt), vectorised: its deltas in order, sign flips and Spearman's rho
     (Pearson's r of the ranks, ties sharing their mean rank; NaN when either side is constant)."""
     if frame.empty:
