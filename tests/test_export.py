@@ -60,6 +60,25 @@ def test_hf_loads_and_its_card_says_where_it_came_from(finished_run: Path, tmp_p
         assert fact in card, fact
 
 
+def test_the_card_finds_template_versions_in_the_shared_call_cache(finished_run: Path, tmp_path: Path) -> None:
+    """A pipeline run has no cache of its own: the versions are those of the calls the shared cache holds under
+    its run id, and another run's calls do not leak in."""
+    import sqlite3
+
+    from ropd.llm.cache import CallCache
+
+    shared = tmp_path / "llm_calls.sqlite"
+    CallCache(shared).close()
+    with sqlite3.connect(shared) as con:
+        con.executemany("INSERT INTO llm_calls (call_id, role, model, template, request, status, created_at, run_id) "
+                        "VALUES (?, ?, 'm', ?, '{}', 'ok', 0, ?)",
+                        [("a", "rubricator", "rubricator/v9", "demo"), ("b", "verifier", "verifier/v7", "demo"),
+                         ("c", "verifier", "verifier/v1", "another-run")])
+    export_run(finished_run, tmp_path / "hf", ExportFormat.hf, calls=shared)
+    assert "| prompt templates | rubricator: rubricator/v9; verifier: verifier/v7 |" in \
+        (tmp_path / "hf" / "README.md").read_text()
+
+
 def test_healthbench_rows_hold_the_judged_criteria(finished_run: Path, tmp_path: Path) -> None:
     export_run(finished_run, tmp_path / "hb", ExportFormat.healthbench, with_verdicts=True)
     rows = [json.loads(line) for line in (tmp_path / "hb" / "healthbench.jsonl").read_text().splitlines()]

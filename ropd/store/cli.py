@@ -209,10 +209,12 @@ def export(
     with_verdicts: Annotated[bool, typer.Option("--with-verdicts", help="also the blind pool's answers, "
                                                 "verdicts and rewards")] = False,
     runs: RunsOption = DEFAULT_RUNS,
+    calls: Annotated[Path, typer.Option("--calls", help="the shared call cache, for the card's prompt template "
+                                        "versions of a run without a cache of its own")] = DEFAULT_CALLS,
 ) -> None:
     """Export a finished run's rubrics (as judged, after QA) with their prompts; deterministic and atomic."""
     try:
-        prov = export_run(_run_dir(run, runs), out, fmt, round, with_verdicts)
+        prov = export_run(_run_dir(run, runs), out, fmt, round, with_verdicts, calls)
     except StoreError as e:
         raise _fail(e) from e
     rows = ", ".join(f"{n} {k}" for k, n in prov.rows.items())

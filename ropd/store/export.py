@@ -82,8 +82,10 @@ class Provenance(BaseModel):
 
 
 def export_run(run_dir: Path, out: Path, fmt: ExportFormat, rounds: list[int] | None = None,
-               with_verdicts: bool = False) -> Provenance:
+               with_verdicts: bool = False, calls: Path | None = None) -> Provenance:
     """Export the run's finished rounds (all, or `rounds`) to the directory `out`, replacing an earlier export.
+    `calls`: the pipeline's shared call cache, where the prompt template versions of a run without a cache of
+    its own are found (the calls it paid for carry its run id).
 
     The run is read and written under its lock (`finished_run`), so a pipeline stage cannot write it halfway
     through; DuckDB builds and writes the rows, so a million criteria take seconds, not minutes.
@@ -91,7 +93,7 @@ def export_run(run_dir: Path, out: Path, fmt: ExportFormat, rounds: list[int] | 
     _check_out(out)
     with finished_run(run_dir, rounds) as (con, chosen):
         stage_rows(con, chosen, with_verdicts)
-        prov = _provenance(con, run_dir, chosen, fmt, with_verdicts)
+        prov = _provenance(con, run_dir, chosen, fmt, with_verdicts, calls)
         if not prov.rows["rubrics"]:
             raise ExportError(f"run {run_dir.name}: no rubrics in round(s) {_list(chosen)} (a method without "
                               "rubrics, or every group failed)")
@@ -210,7 +212,7 @@ def _column(con: duckdb.DuckDBPyConnection, sql: str) -> list[Any]:
 
 
 def _provenance(con: duckdb.DuckDBPyConnection, run_dir: Path, rounds: list[int], fmt: ExportFormat,
-                with_verdicts: bool) -> Provenance:
+                with_verdicts: bool, calls: Path | None) -> Provenance:
     p = {"rounds": rounds}
 
     def counts(sql: str) -> dict[str, int]:
@@ -241,7 +243,7 @@ def _provenance(con: duckdb.DuckDBPyConnection, run_dir: Path, rounds: list[int]
         ropd_version=version("ropd"), run_id=run_dir.name, rounds=rounds, format=fmt, with_verdicts=with_verdicts,
         rubricator_fingerprints=_column(con, "SELECT DISTINCT rubricator_fingerprint FROM x_rubrics "
                                              "WHERE rubricator_fingerprint <> '' ORDER BY 1"),
-        rubricator=check.get("rubricator"), verifier=check.get("verifier"), templates=_templates(run_dir),
+        rubricator=check.get("rubricator"), verifier=check.get("verifier"), templates=_templates(run_dir, calls),
         teacher_fingerprints=_column(con, "SELECT DISTINCT teacher_fingerprint FROM teacher_answers "
                                           "WHERE teacher_fingerprint IS NOT NULL ORDER BY 1"),
         qa=qa, rows=rows, sources=sources, licence=licences.pop() if len(licences) == 1 else "unknown")
@@ -257,22 +259,24 @@ def _judge_check(run_dir: Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not valid JSON ({e})") from e
 
 
-def _templates(run_dir: Path) -> dict[str, list[str]]:
-    """Prompt template versions per judge role, from the run's own call cache (a shared cache names no run)."""
-    path = run_dir / CALL_CACHE
-    if not path.is_file():
-        return {}
-    try:
-        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def _templates(run_dir: Path, calls: Path | None) -> dict[str, list[str]]:
+    """Prompt template versions per judge role: from the run's own call cache, and from the calls the shared cache
+    `calls` holds under the run's id (the ones it paid for; replays of another run's calls are not tagged)."""
+    found: set[tuple[str, str]] = set()
+    for path, where, args in ((run_dir / CALL_CACHE, "", ()), (calls, " AND run_id = ?", (run_dir.name,))):
+        if path is None or not path.is_file():
+            continue
         try:
-            rows = src.execute("SELECT DISTINCT role, template FROM llm_calls WHERE template IS NOT NULL "
-                               "ORDER BY role, template").fetchall()
-        finally:
-            src.close()
-    except sqlite3.Error as e:
-        raise ExportError(f"{path}: cannot read llm_calls ({e})") from e
+            src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                found |= set(src.execute(f"SELECT DISTINCT role, template FROM llm_calls WHERE template IS NOT NULL"
+                                         f"{where}", args).fetchall())
+            finally:
+                src.close()
+        except sqlite3.Error as e:
+            raise ExportError(f"{path}: cannot read llm_calls ({e})") from e
     out: dict[str, list[str]] = {}
-    for role, template in rows:
+    for role, template in sorted(found):
         out.setdefault(role, []).append(template)
     return out
 
@@ -435,5 +439,5 @@ def dataset_card(prov: Provenance) -> str:
 
 def _templates_text(templates: dict[str, list[str]]) -> str:
     if not templates:
-        return "unknown (the run has no call cache of its own)"
+        return "unknown (no call in the run's own cache, or in the shared one under its id)"
     return "; ".join(f"{role}: {', '.join(v)}" for role, v in templates.items())
