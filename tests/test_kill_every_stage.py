@@ -20,7 +20,7 @@ import pytest
 
 from ropd.io import atomic_write_parquet
 from ropd.testing.server import ScriptedServer
-from tests.test_resume import served_twice, tree_hash
+from tests.test_resume import in_process, served_twice, tree_hash
 from tests.tiny import BIN, make_project, project_env
 
 KILLPOINT = Path(__file__).with_name("killpoint.py")
@@ -90,7 +90,10 @@ def test_kill_every_stage_before_it_publishes_then_resume(reference: dict[str, o
         proj = make_project(module_tmp / "b", srv.base_url, models(module_tmp / "b_models", smollm2_dir))
         log = proj / "killpoint.log"
         for args, target in PLAN:
-            if target is None:
+            if target is None and args[0] != "train":  # in this process, as a command would (~5 s of imports less)
+                in_process(proj, args[0], int(args[2]) if len(args) > 2 else None)
+                continue
+            if target is None:  # a command, as the reference's: its checkpoint must compare bit for bit
                 assert stage(proj, *args).returncode == 0
                 continue
             killed = stage(proj, *args, target=target)
