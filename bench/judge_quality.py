@@ -81,7 +81,7 @@ def arm_params(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int
 def gold_scores(params: Any, gold_url: str, checkpoint: Path, preset: dict[str, Any]) -> dict[str, Any]:
     """The clean rule judge's mean score of the policy's samples (n at the rollout temperature) and of its
     greedy answers on the held-out prompts, and the greedy answers' pass@1."""
-    from ropd.pipeline.stages import evaluate_checkpoint
+    from ropd.eval.checkpoint import evaluate_checkpoint
 
     data = {**params.model_dump(mode="json"), **judge_roles({}, gold_url, "gold-rule-judge")}
     greedy = evaluate_checkpoint(type(params).model_validate(data), checkpoint)

@@ -134,8 +134,9 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.chdir(work)  # the call cache, demo data and locks live under the work directory
 
+    from ropd.eval.checkpoint import evaluate_checkpoint
     from ropd.params import Params
-    from ropd.pipeline.stages import RunPaths, evaluate_checkpoint, run_all
+    from ropd.pipeline.stages import RunPaths, run_all
 
     def finished(method: str, settings: dict[str, Any]) -> Any:
         """The method's run, run first unless its last round was already evaluated."""

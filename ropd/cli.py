@@ -161,8 +161,8 @@ def eval_checkpoint(
     out: Annotated[Path | None, typer.Option(help="also write the result here as JSON")] = None,
 ) -> None:
     """Held-out accuracy (pass@1 over eval.k samples, math-verify), mean rubric score and reward–correctness AUC."""
+    from ropd.eval.checkpoint import evaluate_checkpoint
     from ropd.params import load_params
-    from ropd.pipeline.stages import evaluate_checkpoint
 
     with _pipeline_errors():
         result = evaluate_checkpoint(load_params(params), checkpoint)
@@ -305,7 +305,8 @@ def cost_estimate(params: Annotated[Path, typer.Option(help="the run's configura
     A stage is forecast at the mean of its other rounds, or from request sizes before any round ran."""
     from ropd.llm.cost import Ledger, forecast, usd_text
     from ropd.params import load_params
-    from ropd.pipeline.stages import CACHE_FILE, cost_plan
+    from ropd.pipeline.judging import cost_plan
+    from ropd.pipeline.run import CACHE_FILE
 
     with _pipeline_errors():
         p = load_params(params)

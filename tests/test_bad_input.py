@@ -18,7 +18,7 @@ import yaml
 from ropd.data.load import DatasetError
 from ropd.models import ModelPrepError
 from ropd.params import load_params
-from ropd.pipeline import stages
+from ropd.pipeline.data import prepare
 from ropd.train.grpo import CheckpointError, GRPOLearner, load_policy
 from tests.tiny import BIN, project_env
 
@@ -44,7 +44,7 @@ def test_prepare_names_the_bad_dataset_row(rows: list[bytes], needle: str, tmp_p
     (tmp_path / "bad.jsonl").write_bytes(b"\n".join(rows) + b"\n")
     params = load_params(write_params(tmp_path, smollm2_dir, data={"source": "bad.jsonl"}))
     with pytest.raises(DatasetError, match=needle):
-        stages.prepare(params)
+        prepare(params)
     assert not (tmp_path / "data" / "runs" / "bad" / "prompts.parquet").exists()
 
 
@@ -72,7 +72,7 @@ def test_missing_student_model_is_named(tmp_path: Path, monkeypatch: pytest.Monk
             "rounds": [{"r": 0, "next": 1}]}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(CLEAR, match="no-such-model"):
-        stages.prepare(load_params("params.yaml"))
+        prepare(load_params("params.yaml"))
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_cli_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path, smollm2_dir:
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     write_params(tmp_path, model, data={"source": "p.jsonl", "eval_source": "p.jsonl", "prompts_per_round": 1},
                  rounds=[{"r": 0, "next": 1}])
-    stages.prepare(load_params("params.yaml"))
+    prepare(load_params("params.yaml"))
     weights = tmp_path / "data" / "runs" / "bad" / "checkpoints" / "round_0" / "model.safetensors"
     weights.unlink()  # a hard link to the shared model: replace it, never write through it
     weights.write_bytes(b"\0" * 1000)

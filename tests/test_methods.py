@@ -91,7 +91,8 @@ def test_tjudge_round(project: tuple[Path, ScriptedServer]) -> None:
 def test_static_rubric_round_verifies_against_an_exported_set(project: tuple[Path, ScriptedServer]) -> None:
     """The ROPD run's round-0 rubrics, exported and read back as a fixed set: the same rollouts (same
     checkpoint and seed) against the same clean rubrics give the same rewards, with no rubricator call."""
-    from ropd.pipeline.stages import cost_plan, run_stage
+    from ropd.pipeline.judging import cost_plan
+    from ropd.pipeline.stages import run_stage
     from ropd.store.export import ExportFormat, export_run
 
     root, srv = project
@@ -168,7 +169,7 @@ def test_lopd_round_with_a_white_box_teacher(project: tuple[Path, ScriptedServer
     assert state["teacher"] == str(teacher_dir)
     assert metrics["steps"] == 1 and weights_changed(paths)
     mtime = (teacher_dir / "model.safetensors").stat().st_mtime_ns
-    from ropd.pipeline.stages import teacher_sft
+    from ropd.pipeline.teacher import teacher_sft
 
     teacher_sft(paths.params)  # same inputs: the teacher is not retrained
     assert (teacher_dir / "model.safetensors").stat().st_mtime_ns == mtime

@@ -8,7 +8,7 @@ import pytest
 
 from ropd.config import EngineConfig
 from ropd.data.load import load_prompts
-from ropd.pipeline.stages import _judge_questions
+from ropd.pipeline.run import judge_questions
 from ropd.rubric.prompts import (
     RUBRICATOR_VERSION,
     VERIFIER_VERSION,
@@ -177,7 +177,7 @@ def test_pipeline_groups_carry_the_whole_conversation(tmp_path: Path) -> None:
     rows = [{"messages": CHAT}, {"question": "What is 6 * 7?"}]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     prompts = load_prompts(str(tmp_path / "p.jsonl"), "train")
-    questions = _judge_questions(prompts)
+    questions = judge_questions(prompts)
     multi, single = prompts["prompt_id"]
     assert questions == {multi: render_conversation(CHAT), single: "What is 6 * 7?"}
     assert prompts.set_index("prompt_id")["question"][multi] == CHAT[-1]["content"]  # what judges saw before

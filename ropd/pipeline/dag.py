@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ropd.params import Params
 from ropd.pipeline.checkpoints import manifest_path
-from ropd.pipeline.stages import RunPaths
+from ropd.pipeline.run import RunPaths
 
 
 def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path], list[Path]]:

@@ -76,7 +76,7 @@ def run_launched(command: list[str], params_json: str, run_dir: Path, name: str,
     read exactly the validated params of this process, overrides included.
     """
     from ropd.io import atomic_write_text
-    from ropd.pipeline.stages import STOPS, RunStop
+    from ropd.pipeline.run import STOPS, RunStop
 
     spec = run_dir.parent / ".launch" / f"{run_dir.name}.{name}{'' if r is None else f'.{r}'}.json"
     atomic_write_text(params_json, spec)

@@ -1,0 +1,50 @@
+"""The rollout stage: the current policy samples n answers per round prompt (seeded, so a rerun draws the same)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ropd.io import atomic_write_parquet
+from ropd.params import Params
+from ropd.pipeline.data import pool_too_small
+from ropd.pipeline.launch import is_main, process_device, rank_world
+from ropd.pipeline.lock import run_lock
+from ropd.pipeline.run import RunPaths, messages, not_used, read_prompts, require_policy
+
+
+def rollout(params: Params, r: int) -> None:
+    from ropd.rollout.hf_sampler import TransformersSampler
+    from ropd.train.grpo import load_policy
+
+    paths = RunPaths(params)
+    with run_lock(paths.run):
+        if not_used(params, "rollout", paths.round(r), ["rollouts.parquet"]):
+            return
+        if params.judge_check.enforce and not paths.judge_gate.is_file():
+            raise ValueError(f"round {r}: judge_check.enforce is on and the judge check has not passed (no "
+                             f"{paths.judge_gate}; see {paths.judge_check}): run `ropd stage judge_check` first")
+        df = read_prompts(paths)
+        mine = df[df["round"] == r]
+        if mine.empty:
+            pool = int((df["split"] == "train").sum())
+            raise ValueError(f"round {r}: no prompts assigned. {pool_too_small(params, pool)}")
+        device = process_device(params.student.device)
+        require_policy(params, paths, r)
+        model, tokenizer = load_policy(paths.checkpoint(r), device)
+        sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
+        sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
+        chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}
+        rank, world = rank_world()
+        rollouts = sampler.sample(chats, sampling, shard=(rank, world))
+        if world > 1:  # every process sampled its share of the batches: the main one writes them all
+            from accelerate import PartialState
+            from accelerate.utils import gather_object
+
+            PartialState(cpu=not device.startswith("cuda"))  # joins the launcher's process group
+            order = {pid: k for k, pid in enumerate(chats)}
+            rollouts = sorted(gather_object(rollouts), key=lambda ro: (order[ro.prompt_id], ro.sample_idx))
+            if not is_main():
+                return
+        out = pd.DataFrame([{"run_id": params.run_id, "round": r, **ro.model_dump(),
+                             "checkpoint": paths.checkpoint(r).name} for ro in rollouts])
+        atomic_write_parquet(out, paths.round(r) / "rollouts.parquet")
