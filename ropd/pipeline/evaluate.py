@@ -18,5 +18,5 @@ def evaluate(params: Params, r: int) -> None:
             require_policy(params, paths, r + 1)
             result = evaluate_checkpoint(params, paths.checkpoint(r + 1))
             write_json({"round": r, "prompts_seen": (r + 1) * params.data.prompts_per_round, **result.model_dump()},
-                  paths.round(r) / "eval.json")
+                       paths.round(r) / "eval.json")
         sweep_policies(params, paths)

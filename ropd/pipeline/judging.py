@@ -57,8 +57,8 @@ def judge_check(params: Params) -> None:
         if result.status == Status.FAIL and params.judge_check.enforce:
             paths.judge_gate.unlink(missing_ok=True)
             stop(JudgeCheckStop, stopped, f"judge check FAILED, and judge_check.enforce is on: {result.reason}. "
-                  f"Nothing was trained. See {paths.judge_check}; fix the judge (or set judge_check.enforce: false) "
-                  "and rerun.", status=result.status)
+                 f"Nothing was trained. See {paths.judge_check}; fix the judge (or set judge_check.enforce: false) "
+                 "and rerun.", status=result.status)
         clear_stop(stopped, "judge_check")
         atomic_write_text("open\n", paths.judge_gate)
 
@@ -162,7 +162,7 @@ def mine(params: Params, r: int) -> None:
             return
         judged = [g for _, g in groups]
         budget_gate(params, "mine", r, paths.round(r), [(s, len(judged), lambda s=s: judge_size_usd(params, s, judged))
-                                                        for s in CALLS_JUDGE[params.method]])
+                                                       for s in CALLS_JUDGE[params.method]])
 
         async def one(g: Group, chat: ChatModel) -> Rubric | LLMError:
             try:
@@ -231,7 +231,7 @@ def verify(params: Params, r: int) -> None:
         failures = pd.read_parquet(rd / "rubric_failures.parquet").set_index("group_id")
         calling = [g for _, g in groups if g.group_id not in failures.index]
         budget_gate(params, "verify", r, rd, [("verify", len(calling),
-                                                lambda: judge_size_usd(params, "verify", calling))])
+                                               lambda: judge_size_usd(params, "verify", calling))])
 
         def failed(g: Group, stage: str, type_: str, message: str, status: GroupStatus) -> GroupResult:
             return GroupResult(group_id=g.group_id, status=status, rewards=[None] * len(g.student),
@@ -279,7 +279,7 @@ def _tjudge(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMet
 
     judged = [g for _, g in groups]
     budget_gate(params, "verify", r, paths.round(r), [("verify", len(judged),
-                                                        lambda: judge_size_usd(params, "verify", judged))])
+                                                       lambda: judge_size_usd(params, "verify", judged))])
     results = with_chats(params, ("verifier",), judge_all, "verify", r)
     judgements, rewards = verdict_frames([(m, res) for (m, _), res in zip(groups, results, strict=True)],
                                          run_id=params.run_id, round=r)
@@ -293,7 +293,7 @@ def _tjudge(params: Params, paths: RunPaths, r: int, groups: list[tuple[GroupMet
     known = [(float(x), bool(y)) for x, y in zip(ok["reward"], labels, strict=True) if y is not None]
     n_ok = sum(res.ok for res in results)
     write_json({"run_id": params.run_id, "round": r, "method": "tjudge", "n_groups": len(results), "n_groups_ok": n_ok,
-           "judge_error_rate": 1 - n_ok / len(results) if results else None,
-           "mean_reward": float(ok["reward"].mean()) if len(ok) else None,
-           "reward_auc": auc([x for x, _ in known], [y for _, y in known]) if known else None,
-           **round_usage(Ledger.load(params, CACHE_FILE), r)}, rd / "diagnostics.json")
+                "judge_error_rate": 1 - n_ok / len(results) if results else None,
+                "mean_reward": float(ok["reward"].mean()) if len(ok) else None,
+                "reward_auc": auc([x for x, _ in known], [y for _, y in known]) if known else None,
+                **round_usage(Ledger.load(params, CACHE_FILE), r)}, rd / "diagnostics.json")

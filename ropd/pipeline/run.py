@@ -125,7 +125,7 @@ def budget_gate(params: Params, stage: str, r: int | None, where: Path, plan: Pl
         if status.over:
             resume = f"`ropd stage {stage}{'' if r is None else f' --round {r}'}` (or dvc repro, or the flow)"
             stop(BudgetStop, stopped, status.reason(resume), **status.model_dump(exclude={"stage", "round"}),
-                  stage=stage, round=r)
+                 stage=stage, round=r)
     clear_stop(stopped, "budget")
 
 

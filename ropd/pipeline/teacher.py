@@ -67,7 +67,7 @@ def teacher(params: Params) -> None:
             return
         questions = [p.question for p in prompts]
         budget_gate(params, "teacher", None, paths.run,
-                     [("teacher", len(prompts) * params.teacher.m, lambda: teacher_size_usd(params, questions))])
+                    [("teacher", len(prompts) * params.teacher.m, lambda: teacher_size_usd(params, questions))])
         cache, limiter = judge_resources(params, "teacher")
         chat = make_chat("teacher", params.teacher.role, cache=cache, limiter=limiter)
         try:

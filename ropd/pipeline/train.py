@@ -64,7 +64,7 @@ def train(params: Params, r: int) -> None:
             return
         ok = rewards[rewards["status"] == "ok"]["reward"]
         write_json({"round": r, "method": params.method, **metrics, "failed_share": failed_share,
-               "mean_reward": float(ok.mean()) if len(ok) else None}, rd / "train_metrics.json")
+                    "mean_reward": float(ok.mean()) if len(ok) else None}, rd / "train_metrics.json")
         publish_policy(params, paths, r + 1)
 
 
