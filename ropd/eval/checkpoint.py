@@ -9,6 +9,7 @@ from ropd.eval.harness import EvalResult
 from ropd.llm.base import ChatModel
 from ropd.params import Params
 from ropd.pipeline.run import RunPaths, judge_questions, messages, read_prompts, teacher_role, with_chats
+from ropd.pipeline.timings import phase
 from ropd.rubric.engine import GroupResult
 from ropd.teacher import TeacherIndex, fingerprint
 
@@ -28,7 +29,8 @@ def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
         raise ValueError(f"{paths.prompts} is missing: the held-out split is chosen by `ropd stage prepare`")
     prompts = read_prompts(paths)
     held = prompts[prompts["split"] == "eval"].head(params.eval.n_prompts)
-    model, tokenizer = load_policy(checkpoint, params.student.device)
+    with phase("policy_load"):
+        model, tokenizer = load_policy(checkpoint, params.student.device)
     e = params.eval
     sampling = params.student.sampling.model_copy(update={"n": e.k, "temperature": e.temperature,
                                                           "max_new_tokens": e.max_new_tokens, "seed": 10_000})

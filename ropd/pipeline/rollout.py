@@ -10,6 +10,7 @@ from ropd.pipeline.data import pool_too_small
 from ropd.pipeline.launch import is_main, process_device, rank_world
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.run import RunPaths, messages, not_used, read_prompts, require_policy
+from ropd.pipeline.timings import phase
 
 
 def rollout(params: Params, r: int) -> None:
@@ -30,7 +31,8 @@ def rollout(params: Params, r: int) -> None:
             raise ValueError(f"round {r}: no prompts assigned. {pool_too_small(params, pool)}")
         device = process_device(params.student.device)
         require_policy(params, paths, r)
-        model, tokenizer = load_policy(paths.checkpoint(r), device)
+        with phase("policy_load"):
+            model, tokenizer = load_policy(paths.checkpoint(r), device)
         sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
         sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
         chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}

@@ -26,6 +26,7 @@ from ropd.llm.limits import CallLimiter
 from ropd.params import Params
 from ropd.pipeline.checkpoints import manifest_path, publish, require, sweep
 from ropd.pipeline.launch import is_main
+from ropd.pipeline.timings import phase
 from ropd.rubric.prompts import render_conversation
 
 CACHE_FILE = Path("data/cache/llm_calls.sqlite")
@@ -197,7 +198,8 @@ def require_policy(params: Params, paths: RunPaths, r: int) -> None:
 
 def publish_policy(params: Params, paths: RunPaths, r: int) -> None:
     """Policy r is complete: its manifest (what DVC and the next stages depend on), then the retention sweep."""
-    publish(paths.checkpoint(r), r)
+    with phase("manifest"):
+        publish(paths.checkpoint(r), r)
     sweep_policies(params, paths)
 
 
@@ -211,4 +213,5 @@ def sweep_policies(params: Params, paths: RunPaths) -> None:
         evaluated = j - 1 not in rounds or (paths.round(j - 1) / "eval.json").is_file()
         return rolled and trained and evaluated
 
-    sweep(paths.checkpoint(0).parent, params.checkpoints, read_by_all)
+    with phase("sweep"):
+        sweep(paths.checkpoint(0).parent, params.checkpoints, read_by_all)

@@ -8,8 +8,6 @@ pipeline's public surface. Sampling and training are seeded, so a rerun produces
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 from ropd.params import Params
@@ -31,6 +29,7 @@ from ropd.pipeline.run import (
 )
 from ropd.pipeline.summary import report, summarize
 from ropd.pipeline.teacher import teacher, teacher_sft
+from ropd.pipeline.timings import timed_stage
 from ropd.pipeline.train import train
 
 __all__ = ["CACHE_FILE", "ROUND_STAGES", "RUN_STAGES", "SETUP_STAGES", "STOPS", "BudgetStop", "JudgeCheckStop",
@@ -38,21 +37,16 @@ __all__ = ["CACHE_FILE", "ROUND_STAGES", "RUN_STAGES", "SETUP_STAGES", "STOPS", 
 
 
 SETUP_STAGES = ("demo_data", "prepare", "teacher_sft", "teacher", "judge_check")
-
-
 ROUND_STAGES = {"rollout": rollout, "mine": mine, "qa": qa, "verify": verify, "train": train, "evaluate": evaluate}
-
-
 RUN_STAGES = {"demo_data": demo_data, "prepare": prepare, "teacher_sft": teacher_sft, "teacher": teacher,
-              "judge_check": judge_check, "summarize": summarize,
-              "report": report}
+              "judge_check": judge_check, "summarize": summarize, "report": report}
 
 
 def run_stage(params: Params, name: str, r: int | None = None) -> None:
     """Dispatch by name; a per-round stage needs a round that params.rounds contains.
 
-    Each completed stage appends its duration to data/runs/.timings/<run>.jsonl (beside the run
-    directory, which DVC hashes), so orchestration overhead can be measured against it.
+    Each completed stage appends its time, and where it went, to data/runs/.timings/<run>.jsonl
+    (`ropd/pipeline/timings.py`), so orchestration overhead can be measured against it.
     """
     if name in RUN_STAGES:
         fn, args = RUN_STAGES[name], (params,)
@@ -67,17 +61,13 @@ def run_stage(params: Params, name: str, r: int | None = None) -> None:
         with process_group():
             fn(*args)
         return
-    t0 = time.perf_counter()
-    if params.launch.command and name in params.launch.stages and name in USES_LAUNCH[params.method]:
-        run_dir = RunPaths(params).run
-        with run_lock(run_dir):
-            run_launched(params.launch.command, params.model_dump_json(), run_dir, name, r)
-    else:
-        fn(*args)
-    timings = Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl"
-    timings.parent.mkdir(parents=True, exist_ok=True)
-    with timings.open("a") as f:
-        f.write(json.dumps({"stage": name, "round": r, "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
+    with timed_stage(Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl", name, r):
+        if params.launch.command and name in params.launch.stages and name in USES_LAUNCH[params.method]:
+            run_dir = RunPaths(params).run
+            with run_lock(run_dir):
+                run_launched(params.launch.command, params.model_dump_json(), run_dir, name, r)
+        else:
+            fn(*args)
 
 
 def run_all(params: Params) -> None:

@@ -18,6 +18,7 @@ from ropd.pipeline.run import (
     teacher_role,
     write_json,
 )
+from ropd.pipeline.timings import phase
 from ropd.teacher import TeacherIndex, fingerprint
 
 
@@ -49,7 +50,8 @@ def train(params: Params, r: int) -> None:
         reward_map = {(str(x["prompt_id"]), int(x["sample_idx"])):
                       (None if pd.isna(x["reward"]) else float(x["reward"]), str(x["status"]))
                       for x in rewards.to_dict("records")}
-        learner = GRPOLearner.load(paths.checkpoint(r), params.grpo, device=params.student.device)
+        with phase("policy_load"):  # weights, and the optimizer state where it was kept
+            learner = GRPOLearner.load(paths.checkpoint(r), params.grpo, device=params.student.device)
         prompts = read_prompts(paths)
         chats = {row["prompt_id"]: messages(row) for _, row in prompts[prompts["round"] == r].iterrows()}
         samples = build_samples(learner.tokenizer, chats, rollouts, reward_map,
@@ -59,7 +61,8 @@ def train(params: Params, r: int) -> None:
             metrics = learner.train_round(samples)
         except ValueError as exc:  # e.g. grpo.tis_cap on rollouts without sampler log-probs: name the round
             raise ValueError(f"round {r} ({rd / 'rollouts.parquet'}): {exc}") from exc
-        learner.save(paths.checkpoint(r + 1))
+        with phase("policy_save"):
+            learner.save(paths.checkpoint(r + 1))
         if not is_main():
             return
         ok = rewards[rewards["status"] == "ok"]["reward"]
