@@ -53,7 +53,8 @@ def run_doc_command(line: str, cwd: Path) -> tuple[int, str]:
     result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
     if target is not None:
         (cwd / target).write_text(result.stdout)
-    return result.exit_code, result.output
+    crash = "" if result.exception is None or isinstance(result.exception, SystemExit) else repr(result.exception)
+    return result.exit_code, result.output + crash
 
 
 @pytest.mark.parametrize("doc", DOCS)

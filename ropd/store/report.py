@@ -351,8 +351,10 @@ def _imports(con: duckdb.DuckDBPyConnection, imports_dir: Path | None) -> Rows:
     """The imported criteria (`ropd import rubrics`) of this run's prompts, from the import records."""
     if imports_dir is None or not any(imports_dir.glob("*.parquet")):
         return []
-    return _rows(con, "SELECT * FROM read_parquet($glob) WHERE prompt_id IN (SELECT prompt_id FROM prompts) "
-                      "ORDER BY source_file, rubric_line, position", {"glob": str(imports_dir / "*.parquet")})
+    # by name: a file whose column is all null (no tags, no round) has no type of its own for it
+    return _rows(con, "SELECT * FROM read_parquet($glob, union_by_name = true) "
+                      "WHERE prompt_id IN (SELECT prompt_id FROM prompts) ORDER BY source_file, rubric_line, position",
+                 {"glob": str(imports_dir / "*.parquet")})
 
 
 def _imports_section(imported: Rows, imports_dir: Path | None) -> Safe:
