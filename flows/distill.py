@@ -9,6 +9,11 @@ whose outputs are gone or changed is rerun. So more rounds rerun only the new ro
 The judge stages retry, and carry the `llm-judge` tag for a UI-side concurrency limit on top of the
 in-process limiter (`limits.max_in_flight`). At the end the flow records the lineage with
 `dvc commit`, so `dvc status` agrees the pipeline is up to date.
+
+The deployment's form (`flows/deploy.py`) sets a few keys on top of the params file (`ropd.overrides`).
+The run's effective params go to `RUN/params.yaml` and every stage reads that file; `RUN/lineage.json`
+says where they came from and how to reproduce the run. Only a run whose params are params.yaml's own
+is committed to dvc.lock: DVC reads params.yaml, so any other commit would record a lie.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.runtime import flow_run
 
+from ropd.io import atomic_write_text
+from ropd.overrides import Effective, Method, RoleOverride, RunOverrides, dvc_exp_command, effective
 from ropd.params import Params, load_params
 from ropd.pipeline.dag import content_hash, params_digest, stage_io
 from ropd.pipeline.lock import run_lock
@@ -59,36 +67,54 @@ def _run(params: Params, params_file: str, name: str, r: int | None = None) -> N
         t.with_options(refresh_cache=True)(name, r, params_file, key)
 
 
-def _dvc_commit(logger) -> None:
+def _dvc_lineage(eff: Effective, params_file: str) -> str | None:
+    """Why dvc.lock cannot record this run, or None when DVC would have run it from the same params."""
     if not Path(".dvc").is_dir() or shutil.which("dvc") is None:
-        logger.info("not a DVC repository: lineage not recorded in dvc.lock")
-        return
-    proc = subprocess.run(["dvc", "commit", "--force", "--quiet"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        logger.warning("dvc commit failed: %s", proc.stderr.strip()[-500:])
-    else:
-        logger.info("lineage recorded in dvc.lock (dvc status: up to date)")
+        return "not a DVC repository: dvc.lock not written"
+    if Path(params_file).resolve() != Path("params.yaml").resolve() or eff.changed:
+        return "not recorded in dvc.lock: the run's params are not params.yaml's (DVC reads params.yaml)"
+    return None
+
+
+def _lineage(eff: Effective, params_file: str, run_params: Path, dvc: str) -> dict:
+    return {"flow_run_id": str(flow_run.id), "params_file": params_file, "parameters": eff.sets,
+            "effective_params": str(run_params), "dvc": dvc,
+            "reproduce": {"dvc_exp_run": dvc_exp_command(eff) if eff.sets else "dvc repro",
+                          "dvc_repro": f"cp {run_params} params.yaml && dvc repro"}}
 
 
 @flow(name="ropd-distill", log_prints=True)
-def distill(params_file: str = "params.yaml") -> dict:
+def distill(params_file: str = "params.yaml", run_id: str | None = None, rounds: int | None = None,
+            method: Method | None = None,
+            lr: float | None = None, prompts_per_round: int | None = None, n: int | None = None,
+            teacher: RoleOverride | None = None, rubricator: RoleOverride | None = None,
+            verifier: RoleOverride | None = None) -> dict:
     """Teacher (and the white-box teacher when needed) and the judge check, then per round: rollout → mine →
     qa → verify → train → evaluate; then summary and report. An enforced judge-check FAIL fails the flow run
-    before round 0."""
+    before round 0. Every parameter but params_file is applied on top of that file; unset ones keep its values."""
     logger = get_run_logger()
-    params = load_params(params_file)
+    eff = effective(Path(params_file), RunOverrides(
+        run_id=run_id, rounds=rounds, method=method, lr=lr, prompts_per_round=prompts_per_round, n=n,
+        teacher=teacher, rubricator=rubricator, verifier=verifier))  # a bad value fails the run here
+    params = eff.params
     paths = RunPaths(params)
+    if eff.sets:
+        logger.info("parameters on top of %s: %s (run %s)", params_file, ", ".join(eff.sets), params.run_id)
     with run_lock(paths.run):
+        paths.run.mkdir(parents=True, exist_ok=True)
+        run_params = paths.run / "params.yaml"
+        atomic_write_text(eff.text, run_params)
+        stage_file = str(run_params)  # what every stage reads, so a stage rerun by hand reads the same
         for name in SETUP_STAGES:
-            _run(params, params_file, name)
+            _run(params, stage_file, name)
         progress = create_progress_artifact(0.0, key=f"{params.run_id}-progress",
                                             description="rounds completed")
         for i, item in enumerate(params.rounds):
             for name in ROUND_STAGES:
-                _run(params, params_file, name, item.r)
+                _run(params, stage_file, name, item.r)
             update_progress_artifact(progress, 100.0 * (i + 1) / len(params.rounds))
-        final_task("summarize", params_file)
-        final_task("report", params_file)
+        final_task("summarize", stage_file)
+        final_task("report", stage_file)
         history = json.loads(paths.history.read_text())
         create_table_artifact(history, key=f"{params.run_id}-rounds", description="per-round metrics")
         last = paths.round(params.rounds[-1].r)
@@ -97,8 +123,17 @@ def distill(params_file: str = "params.yaml") -> dict:
             f"# QA, round {params.rounds[-1].r}\n\n{qa_md}\n\nReport: [{paths.report}]"
             f"(file://{paths.report.resolve()})\n", key=f"{params.run_id}-qa",
             description="rubric QA summary and the HTML report")
-    _dvc_commit(logger)
-    return {"run_dir": str(paths.run), "report": str(paths.report), "rounds": history}
+        # written before `dvc commit`, which then hashes the run directory with it in place
+        why_not = _dvc_lineage(eff, params_file)
+        lineage = _lineage(eff, params_file, run_params, why_not or "recorded in dvc.lock")
+        atomic_write_text(json.dumps(lineage, indent=2) + "\n", paths.run / "lineage.json")
+        if why_not is None:
+            proc = subprocess.run(["dvc", "commit", "--force", "--quiet"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                logger.warning("dvc commit failed, so dvc.lock does not record this run: %s",
+                               proc.stderr.strip()[-500:])
+    logger.info("lineage: %s; reproduce with: %s", lineage["dvc"], lineage["reproduce"]["dvc_exp_run"])
+    return {"run_dir": str(paths.run), "report": str(paths.report), "rounds": history, "lineage": lineage}
 
 
 if __name__ == "__main__":

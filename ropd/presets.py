@@ -8,6 +8,8 @@ Edits go through ruamel's round-trip YAML, so a user's comments and key order su
 from __future__ import annotations
 
 import io
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -19,6 +21,7 @@ from ropd.io import atomic_write_text
 from ropd.params import ConfigError, Params, describe_errors
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)")
 
 
 def _yaml() -> YAML:
@@ -27,7 +30,20 @@ def _yaml() -> YAML:
     y.width = 4096
     y.indent(mapping=2, sequence=4, offset=2)
     y.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    y.representer.add_representer(float, _represent_float)
     return y
+
+
+def _represent_float(rep, value: float):
+    """`3.0e-05`, not `3e-05`: PyYAML (YAML 1.1, which `load_params` uses) reads an exponent without a dot
+    as a string, while DVC's YAML 1.2 reads a float; with the dot both read the same number."""
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    if not math.isfinite(value):
+        return rep.represent_float(value)
+    return rep.represent_scalar("tag:yaml.org,2002:float", text)
 
 
 def _set_rounds(node: CommentedMap, n: int) -> None:
@@ -59,6 +75,8 @@ def apply_set(doc: CommentedMap, assignment: str) -> None:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {assignment!r}: the value is not YAML ({exc})") from exc
+    if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # `2e-6` is a float in YAML 1.2 and in DVC's `-S`; YAML 1.1 left it a string
     node = doc
     *parents, leaf = key.strip().split(".")
     for part in parents:

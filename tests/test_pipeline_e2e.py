@@ -136,4 +136,19 @@ def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, judge: Scri
     assert served_after_first > served
     distill("params.yaml")
     assert judge.served() == served_after_first
+    run = proj / "data" / "runs" / "tiny"
+    assert (run / "params.yaml").read_text() == (proj / "params.yaml").read_text()  # the effective params
+    lineage = json.loads((run / "lineage.json").read_text())
+    assert lineage["dvc"] == "recorded in dvc.lock" and lineage["parameters"] == []
+    # A value from the deployment's form, on the same run id: only train and evaluate rerun (the judge sees
+    # only the new policy's held-out answers), and dvc.lock (DVC reads params.yaml) is left as it was, which
+    # the lineage says.
+    judged = {f: f.stat().st_mtime_ns for f in (run / "round_0").glob("*.parquet")}
+    out = distill("params.yaml", run_id="tiny", lr=3e-5)
+    assert {f: f.stat().st_mtime_ns for f in judged} == judged
+    assert yaml.safe_load((run / "params.yaml").read_text())["grpo"]["lr"] == 3e-5
+    assert out["lineage"]["dvc"].startswith("not recorded in dvc.lock")
+    assert '-S "++grpo.lr=3e-05"' in out["lineage"]["reproduce"]["dvc_exp_run"]
+    assert json.loads((run / "lineage.json").read_text()) == out["lineage"]
+    assert "up to date" not in dvc(proj, "status")  # the workspace now holds the form's run
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from ropd.cli import app
@@ -43,6 +44,8 @@ def test_preset_command_writes_a_valid_params_file(tmp_path: Path) -> None:
     p = load_params(out)
     assert p.student.model_path == "/models/qwen" and len(p.rounds) == 3 and p.grpo.lr == 2e-6
     assert "# 32 prompts per step" in out.read_text()  # the preset's comments come along
+    # a number, not the string '2e-6', for PyYAML (YAML 1.1: load_params) and DVC (YAML 1.2) alike
+    assert yaml.safe_load(out.read_text())["grpo"]["lr"] == 2e-6 and "lr: 2.0e-06" in out.read_text()
     code, text = cli("preset", "paper", "--out", str(out))
     assert code == 2 and "exists; pass --force" in text
     code, text = cli("preset", "paper", "--out", str(out), "--force", "--set", "grpo.lr=-1")
