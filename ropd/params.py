@@ -19,6 +19,7 @@ from ropd.pipeline.launch import LaunchParams
 from ropd.rollout.base import SamplingParams
 from ropd.rubric.static import StaticRubricParams
 from ropd.store.qa import QAConfig
+from ropd.tracking import TrackingParams
 from ropd.train.config import GRPOConfig, LOPDSettings, SFTSettings
 
 
@@ -134,6 +135,7 @@ class Params(BaseModel):
     launch: LaunchParams = LaunchParams()
     checkpoints: CheckpointParams = CheckpointParams()
     static_rubric: StaticRubricParams = StaticRubricParams()
+    tracking: TrackingParams = TrackingParams()
 
     @field_validator("rounds", mode="before")
     @classmethod

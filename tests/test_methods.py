@@ -32,9 +32,9 @@ def project(module_tmp: Path, smollm2_dir: Path) -> Iterator[tuple[Path, Scripte
         os.chdir(cwd)
 
 
-def run_method(root: Path, srv: ScriptedServer, method: str) -> RunPaths:
+def run_method(root: Path, srv: ScriptedServer, method: str, extra: dict | None = None) -> RunPaths:
     data = tiny_params(srv.base_url, root / "models", {"run_id": method, "method": method,
-                                                       "eval.rubric_prompts": 2})
+                                                       "eval.rubric_prompts": 2, **(extra or {})})
     data["teacher_sft"] = {"n_prompts": 4, "epochs": 1, "batch_size": 4, "max_length": 128}
     data["sft"] = {"lr": 1e-4, "batch_size": 4, "max_length": 128}
     data["lopd"] = {"lr": 1e-4, "batch_size": 2, "max_completion_length": 8}
@@ -147,8 +147,12 @@ def test_static_rubric_round_verifies_against_an_exported_set(project: tuple[Pat
 
 
 def test_sft_round(project: tuple[Path, ScriptedServer]) -> None:
+    """SFT on the round's teacher answers; run with `tracking.backend: mlflow`, so the TRL trainer reports to
+    the same (SQLite) store as the run, as a child run of it."""
     root, srv = project
-    paths = run_method(root, srv, "sft")
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    paths = run_method(root, srv, "sft", {"tracking": {"backend": "mlflow", "uri": store, "experiment": "ropd",
+                                                       "dvclive_dir": "dvclive"}})
     metrics = check_common(paths, "sft")
     assert pd.read_parquet(paths.round(0) / "rollouts.parquet").empty  # SFT samples nothing on-policy
     state = json.loads((paths.checkpoint(1) / "baseline_state.json").read_text())
@@ -156,6 +160,17 @@ def test_sft_round(project: tuple[Path, ScriptedServer]) -> None:
     round0 = pd.read_parquet(paths.prompts).query("round == 0")["prompt_id"]
     assert state["examples"] == teacher["prompt_id"].isin(round0).sum()  # every teacher answer of the round
     assert metrics["loss"] > 0 and weights_changed(paths)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("ropd").experiment_id
+    [run] = client.search_runs([exp], "tags.`ropd.run_id` = 'sft'")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"sft.report.html", "round_0"}
+    [child] = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert child.data.tags["ropd.round"] == "0" and child.data.params["learning_rate"] == "0.0001"
+    assert client.get_metric_history(child.info.run_id, "loss")  # the trainer's own per-step logs
 
 
 def test_lopd_round_with_a_white_box_teacher(project: tuple[Path, ScriptedServer]) -> None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from ropd.testing.server import ScriptedServer
+from ropd.tracking import HEADLINE
 from tests.tiny import BIN, dvc, make_project, project_env
 
 
@@ -56,6 +57,23 @@ def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir
     assert "accuracy" in metrics and "mean_reward" in metrics
     dvc(proj, "plots", "show", "--out", str(tmp_path / "plots"))
     assert (tmp_path / "plots" / "index.html").is_file()
+    # A DVC experiment, as a DVC user runs one on a committed pipeline (data/runs/ git-ignored, as in the
+    # repository): `dvc exp show` lists the headline figures of the baseline and of the experiment, which
+    # are git-tracked DVCLive files, and `dvc plots diff` draws both.
+    (proj / ".gitignore").write_text((proj / ".gitignore").read_text() + "data/runs/\n")
+    subprocess.run("git add -A && git commit -qm 'one round'", shell=True, cwd=proj, check=True)
+    out = dvc(proj, "exp", "run", "-S", "grpo.lr=2e-6", "--name", "lr-2e-6")
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"train@0", "evaluate@0", "summarize", "report"}
+    shown = {(row["name"] or row["rev"]): row for base in json.loads(dvc(proj, "exp", "show", "--json"))
+             for row in [base, *(e["revs"][0] for e in base.get("experiments") or [])]}
+    assert {"workspace", "lr-2e-6"} <= set(shown) and len(shown) == 3, list(shown)
+    for name, row in shown.items():
+        figures = row["data"]["metrics"]["dvclive/metrics.json"]["data"]
+        assert {"mean_reward", "accuracy"} <= set(figures) <= {*HEADLINE, "step"}, (name, figures)
+    assert shown["lr-2e-6"]["data"]["params"]["params.yaml"]["data"]["grpo"]["lr"] == 2e-6
+    drawn = json.loads(dvc(proj, "plots", "diff", "HEAD", "lr-2e-6", "--json"))
+    assert not drawn.get("errors"), drawn["errors"]
+    assert {"HEAD", "lr-2e-6"} <= set(drawn["data"]["accuracy"][0]["revisions"])
     # Extend the finished run by one round, and re-check the judge on fewer prompts: only the new round, the
     # check (whose gate file keeps its bytes, so no round reruns) and the summary run.
     lock = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]

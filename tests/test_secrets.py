@@ -3,10 +3,11 @@
 The run is the Prefect flow (flows/distill.py) on a tiny project whose teacher, rubricator and verifier
 are the openai provider pointed at the scripted server, with `api_key_env` naming the canary's variable.
 Afterwards every byte is searched (UTF-8 and UTF-16): the project (run directory, tables, checkpoints,
-call cache, DVC files), the DuckDB store, the HTML report, Prefect's result storage and its database,
-and everything logged or printed during the run; then the run's exports (`ropd export`, every format, with
-verdicts) and what the command printed. The server must have received the canary, so the test proves the
-key was really in use. Heavy: one full tiny run, 1 to 4 minutes depending on load.
+call cache, DVC files, DVCLive's files, the MLflow store and its artifacts), the DuckDB store, the HTML
+report, Prefect's result storage and its database, and everything logged or printed during the run;
+then the run's exports (`ropd export`, every format, with verdicts) and what the command printed. The
+server must have received the canary, so the test proves the key was really in use. Heavy: one full
+tiny run, 1 to 4 minutes depending on load.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def test_canary_key_is_stored_nowhere(tmp_path: Path, smollm2_dir: Path, prefect
                    "temperature": 1.0, "max_tokens": 256, "backoff_initial_s": 0.05}
         proj = make_project(tmp_path, srv.base_url, smollm2_dir.parent, {
             "rubricator.api_key_env": KEY_ENV, "verifier.api_key_env": KEY_ENV, "teacher.role": teacher,
-            "teacher.m": 2})
+            "teacher.m": 2, "tracking.backend": "mlflow", "tracking.uri": "sqlite:///mlflow.db"})
         monkeypatch.chdir(proj)
         monkeypatch.setenv("PATH", project_env()["PATH"])
         monkeypatch.syspath_prepend(str(proj))
@@ -73,8 +74,9 @@ def test_canary_key_is_stored_nowhere(tmp_path: Path, smollm2_dir: Path, prefect
     report = proj / "data" / "runs" / "tiny.report.html"
     prefect_db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
     for must in (db, report, proj / "data" / "cache" / "llm_calls.sqlite", proj / "data" / "runs" / "tiny",
-                 storage, prefect_db):
+                 storage, prefect_db, proj / "mlflow.db", proj / "dvclive" / "metrics.json"):
         assert must.exists(), must
+    assert list(proj.glob("mlruns/*/*/artifacts/tiny.report.html")), "MLflow got no report"  # searched below
     assert any(storage.rglob("*")), "Prefect persisted no task results"
 
     # the scanner finds a planted copy, so an empty result means something

@@ -33,9 +33,11 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
         return [p.prompts, params.teacher_sft_dir], [p.teacher]
     if name == "judge_check":
         return [p.prompts, p.teacher], [p.judge_check, p.judge_gate]
-    if name in ("summarize", "report"):
-        deps = [p.run] + ([p.history] if name == "report" else [])
-        return deps, [p.history if name == "summarize" else p.report]
+    if name == "summarize":
+        live = Path(params.tracking.dvclive_dir)
+        return [p.run], [p.history, live / "plots", live / "metrics.json"]
+    if name == "report":
+        return [p.run, p.history], [p.report]
     assert r is not None, f"stage {name} needs a round"
     rd = p.round(r)
     table = {
@@ -69,8 +71,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "verify": ["method", "verifier", "engine", "shared_rubric", "degenerate_rubrics"],
     "train": ["method", "grpo", "quality_gate", "sft", "lopd"],
     "evaluate": ["eval", "student", "rubricator", "verifier", "engine"],
-    "summarize": [],
-    "report": [],
+    "summarize": ["tracking.dvclive_dir"],
+    "report": ["tracking"],
 }
 
 

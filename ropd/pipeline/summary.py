@@ -1,16 +1,19 @@
-"""The run-level closing stages: the per-round history DVC plots read, and the HTML report."""
+"""The run-level closing stages: the per-round history (and the trackers' copies of it), and the HTML report."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from ropd.params import Params
 from ropd.pipeline.run import RunPaths, write_json
+from ropd.tracking import publish_mlflow, write_dvclive
 
 
 def summarize(params: Params) -> None:
-    """One row per round for DVC plots and the report: reward, AUC, pass rates, accuracy."""
+    """One row per round for the report and the trackers: reward, AUC, pass rates, accuracy. DVCLive's
+    headline copy (`dvc exp show`, `dvc plots`) is written from the same rows."""
     paths = RunPaths(params)
     rows = []
     for item in params.rounds:
@@ -23,9 +26,17 @@ def summarize(params: Params) -> None:
                 row.update({k: v for k, v in data.items() if isinstance(v, int | float) and k != "round"})
         rows.append(row)
     write_json(rows, paths.history)
+    write_dvclive(rows, Path(params.tracking.dvclive_dir))
 
 
 def report(params: Params) -> None:
+    """The HTML report; then, with `tracking.backend: mlflow`, the run's params, history and report go to
+    MLflow (last, so the tracker gets the report the run ends with)."""
     from ropd.store.report import write_report
 
-    write_report(RunPaths(params).run, RunPaths(params).report)
+    paths = RunPaths(params)
+    write_report(paths.run, paths.report)
+    if params.tracking.backend == "mlflow":
+        history = json.loads(paths.history.read_text())
+        qa = [(paths.round(item.r) / "qa.md", f"round_{item.r}") for item in params.rounds]
+        publish_mlflow(params, history, [(paths.report, None), *qa])

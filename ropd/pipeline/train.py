@@ -73,6 +73,7 @@ def train(params: Params, r: int) -> None:
 
 def _train_baseline(params: Params, paths: RunPaths, r: int) -> dict[str, float]:
     """SFT on the round's teacher answers, or LOPD on the round's prompts: the same prompt budget as GRPO."""
+    from ropd.tracking import trainer_reporting
     from ropd.train.baselines import lopd_train, sft_train
 
     prompts = read_prompts(paths)
@@ -80,10 +81,12 @@ def _train_baseline(params: Params, paths: RunPaths, r: int) -> dict[str, float]
     chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}
     seed = params.data.seed * 1000 + r
     src, dst = paths.checkpoint(r), paths.checkpoint(r + 1)
-    if params.method == "lopd":
-        return lopd_train(src, params.lopd_teacher, list(chats.values()), params.lopd, dst, seed=seed,
-                          device=params.student.device)
-    index = TeacherIndex.load(paths.teacher, fingerprint(teacher_role(params)))
-    examples = [{"prompt": chats[pid], "completion": [{"role": "assistant", "content": answer}]}
-                for pid in chats for answer in index.answers(pid)]
-    return sft_train(src, examples, params.sft, dst, seed=seed, device=params.student.device)
+    with trainer_reporting(params, r) as report_to:
+        if params.method == "lopd":
+            return lopd_train(src, params.lopd_teacher, list(chats.values()), params.lopd, dst, seed=seed,
+                              device=params.student.device, report_to=report_to)
+        index = TeacherIndex.load(paths.teacher, fingerprint(teacher_role(params)))
+        examples = [{"prompt": chats[pid], "completion": [{"role": "assistant", "content": answer}]}
+                    for pid in chats for answer in index.answers(pid)]
+        return sft_train(src, examples, params.sft, dst, seed=seed, device=params.student.device,
+                         report_to=report_to)

@@ -22,10 +22,11 @@ from ropd.train.grpo import LOAD_ERRORS, CheckpointError
 BASELINE_STATE = "baseline_state.json"
 
 
-def _common_args(lr: float, batch_size: int, seed: int, device: str, out: str) -> dict[str, Any]:
+def _common_args(lr: float, batch_size: int, seed: int, device: str, out: str,
+                 report_to: list[str]) -> dict[str, Any]:
     cpu = not device.startswith("cuda")
     return {"output_dir": out, "learning_rate": lr, "per_device_train_batch_size": batch_size, "seed": seed,
-            "data_seed": seed, "use_cpu": cpu, "bf16": not cpu, "report_to": [], "save_strategy": "no",
+            "data_seed": seed, "use_cpu": cpu, "bf16": not cpu, "report_to": report_to, "save_strategy": "no",
             "logging_steps": 1, "activation_checkpointing": False, "disable_tqdm": True,
             "lr_scheduler_type": "constant"}
 
@@ -61,8 +62,10 @@ def _finish(trainer: Any, tokenizer: Any, out: Path, state: dict[str, Any]) -> d
 
 
 def sft_train(policy: Path, examples: list[dict[str, Any]], cfg: SFTSettings, out: Path, *, seed: int,
-              device: str = "cpu", meta: dict[str, Any] | None = None) -> dict[str, float]:
-    """Fine-tune on `examples` ({"prompt": messages, "completion": messages}); loss on completions only."""
+              device: str = "cpu", meta: dict[str, Any] | None = None,
+              report_to: list[str] | None = None) -> dict[str, float]:
+    """Fine-tune on `examples` ({"prompt": messages, "completion": messages}); loss on completions only.
+    `report_to` is the trainer's (ropd.tracking.trainer_reporting); none by default."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -71,8 +74,8 @@ def sft_train(policy: Path, examples: list[dict[str, Any]], cfg: SFTSettings, ou
         raise ValueError(f"SFT into {out}: no training examples")
     model, tokenizer = _load(policy, device)
     with tempfile.TemporaryDirectory(prefix="ropd-sft-") as scratch:
-        args = SFTConfig(**_common_args(cfg.lr, cfg.batch_size, seed, device, scratch), num_train_epochs=cfg.epochs,
-                         max_length=cfg.max_length, completion_only_loss=True)
+        args = SFTConfig(**_common_args(cfg.lr, cfg.batch_size, seed, device, scratch, report_to or []),
+                         num_train_epochs=cfg.epochs, max_length=cfg.max_length, completion_only_loss=True)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer)
         trainer.train()
@@ -81,7 +84,7 @@ def sft_train(policy: Path, examples: list[dict[str, Any]], cfg: SFTSettings, ou
 
 
 def lopd_train(policy: Path, teacher: Path, prompts: list[list[dict[str, str]]], cfg: LOPDSettings, out: Path, *,
-               seed: int, device: str = "cpu") -> dict[str, float]:
+               seed: int, device: str = "cpu", report_to: list[str] | None = None) -> dict[str, float]:
     """One pass of on-policy distillation over `prompts` (chat messages) against the teacher's logits."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
@@ -95,8 +98,8 @@ def lopd_train(policy: Path, teacher: Path, prompts: list[list[dict[str, str]]],
         raise CheckpointError(f"LOPD needs a teacher with the student's tokenizer; {teacher} and {policy} differ")
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the trainer generates, left-padded
     with tempfile.TemporaryDirectory(prefix="ropd-lopd-") as scratch:
-        args = DistillationConfig(**_common_args(cfg.lr, cfg.batch_size, seed, device, scratch), num_train_epochs=1,
-                                  beta=cfg.beta, temperature=cfg.temperature,
+        args = DistillationConfig(**_common_args(cfg.lr, cfg.batch_size, seed, device, scratch, report_to or []),
+                                  num_train_epochs=1, beta=cfg.beta, temperature=cfg.temperature,
                                   max_completion_length=cfg.max_completion_length)
         trainer = DistillationTrainer(model=model, teacher_model=teacher_model, args=args,
                                       train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),

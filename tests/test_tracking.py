@@ -1,0 +1,70 @@
+"""The trackers' copies of a run's history: DVCLive's files and a real MLflow store (SQLite)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from ropd.params import Params
+from ropd.tracking import HEADLINE, publish_mlflow, write_dvclive
+
+HISTORY = [{"round": 0, "mean_reward": 0.25, "reward_auc": None, "accuracy": 0.0, "loss": 0.5, "judge_error_rate": 0.0},
+           {"round": 1, "mean_reward": 0.5, "reward_auc": 0.75, "accuracy": 0.125, "loss": 0.25,
+            "judge_error_rate": 0.1, "run_spend_usd": 0.02}]
+
+
+def test_dvclive_holds_the_headline_figures_per_round(tmp_path: Path) -> None:
+    out = tmp_path / "dvclive"
+    write_dvclive(HISTORY, out)
+    write_dvclive(HISTORY, out)  # rewritten, not appended: a rerun of summarize gives the same files
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary == {"step": 1, "mean_reward": 0.5, "reward_auc": 0.75, "accuracy": 0.125,
+                       "judge_error_rate": 0.1, "run_spend_usd": 0.02}
+    assert set(summary) - {"step"} <= set(HEADLINE)  # a handful of columns in dvc exp show, not every key
+    with (out / "plots" / "metrics" / "mean_reward.tsv").open() as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert [(r["step"], r["mean_reward"]) for r in rows] == [("0", "0.25"), ("1", "0.5")]
+    assert not (out / "plots" / "metrics" / "loss.tsv").exists()
+    write_dvclive(HISTORY[:1], out)  # no round has an AUC or a spend yet: the plots' files exist, empty
+    assert (out / "plots" / "metrics" / "reward_auc.tsv").read_text() == "step\treward_auc\n"
+    assert "reward_auc" not in json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Params:
+    return Params.model_validate({"run_id": "trk", "tracking": {
+        "backend": "mlflow", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "ropd-test"}})
+
+
+def test_mlflow_gets_params_rounds_as_steps_and_artifacts_once(tmp_path: Path, params: Params,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
+
+    report = tmp_path / "trk.report.html"
+    report.write_text("<html>report</html>")
+    qa = tmp_path / "qa.md"
+    qa.write_text("# QA")
+    run_id = publish_mlflow(params, HISTORY[:1], [(report, None), (qa, "round_0")])
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.data.tags["ropd.run_id"] == "trk" and run.info.run_name == "trk"
+    assert run.data.params["grpo.lr"] == str(params.grpo.lr) and run.data.params["verifier.model"]
+    assert "rounds" not in run.data.params
+    assert {a.path for a in client.list_artifacts(run_id)} == {"trk.report.html", "round_0"}
+    # the run grows by a round: the same MLflow run, each round logged once, the round as the step
+    again = publish_mlflow(params, HISTORY, [(report, None)])
+    assert again == run_id
+    assert publish_mlflow(params, HISTORY, []) == run_id
+    steps = [(m.step, m.value) for m in client.get_metric_history(run_id, "mean_reward")]
+    assert steps == [(0, 0.25), (1, 0.5)]
+    assert [m.step for m in client.get_metric_history(run_id, "reward_auc")] == [1]  # null is not logged
+    # a changed param under the same run id is named, not silently overwritten (MLflow params are immutable)
+    changed = params.model_copy(update={"grpo": params.grpo.model_copy(update={"lr": 3e-5})})
+    publish_mlflow(changed, HISTORY, [])
+    run = client.get_run(run_id)
+    assert run.data.tags["ropd.params_changed"] == "grpo.lr" and run.data.params["grpo.lr"] == str(params.grpo.lr)
