@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,3 +100,42 @@ sweep(Path({str(ckpts)!r}), CheckpointParams(keep_every=3), lambda r: True)
     assert strays[0] in removed and "round_2" in removed
     assert list(listing(ckpts)) == ["round_0", "round_3"] and not list(ckpts.glob(".trash-*"))
     assert OPTIM_FILE in listing(ckpts)["round_3"]  # the newest resumes with its AdamW state
+
+
+def test_a_queued_experiment_gets_round_0_back_and_shares_the_call_cache(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc exp run --run-all` runs in a fresh copy of the repository: DVC restores round 0's manifest, not its
+    weights. Round 0 is the base model, so it comes back from its source, checked file for file."""
+    from ropd.params import Params
+    from ropd.pipeline.run import RunPaths, queued_from, require_policy
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"weights")
+    params = Params.model_validate({"runs_dir": str(tmp_path / "runs"), "student": {"model_path": str(base)}})
+    paths = RunPaths(params)
+    ckpt = paths.checkpoint(0)
+    ckpt.mkdir(parents=True)
+    for f in base.iterdir():
+        os.link(f, ckpt / f.name)
+    publish(ckpt, 0)
+    manifest = manifest_path(ckpt).read_text()
+    for f in ckpt.iterdir():
+        f.unlink()
+    ckpt.rmdir()  # as in the experiment's copy: the manifest only
+    require_policy(params, paths, 0)
+    assert sorted(p.name for p in ckpt.iterdir()) == [".gitignore", "config.json", "model.safetensors"]
+    assert manifest_path(ckpt).read_text() == manifest
+    shutil.rmtree(ckpt)
+    (base / "model.safetensors").write_bytes(b"other weights")  # not the model the manifest names
+    with pytest.raises(PrunedCheckpoint, match="no longer the model its manifest names"):
+        require_policy(params, paths, 0)
+    assert not ckpt.exists()
+
+    exp = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12"
+    exp.mkdir(parents=True)
+    monkeypatch.chdir(exp)
+    assert queued_from(Path("data/cache/x.sqlite")) == tmp_path / "repo" / "data" / "cache" / "x.sqlite"
+    monkeypatch.chdir(tmp_path)
+    assert queued_from(Path("data/cache/x.sqlite")) == Path("data/cache/x.sqlite")

@@ -51,15 +51,19 @@ def manifest_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name + ".json")
 
 
+def manifest_files(ckpt: Path) -> dict[str, str]:
+    """The sha256 of every file that defines the policy (not its resumable AdamW state)."""
+    from ropd.models import sha256_file
+    from ropd.train.grpo import OPTIM_FILE
+
+    return {f.name: sha256_file(f) for f in sorted(ckpt.iterdir())
+            if f.is_file() and f.name not in (OPTIM_FILE, ".gitignore")}
+
+
 def publish(ckpt: Path, r: int) -> None:
     """Mark a finished checkpoint directory: git ignores it, and its manifest is written last (atomically)."""
-    from ropd.models import sha256_file
-    from ropd.train.grpo import OPTIM_FILE  # resumable state, not part of the policy
-
     (ckpt / ".gitignore").write_text("*\n")  # the weights are in no git or DVC store
-    files = {f.name: sha256_file(f) for f in sorted(ckpt.iterdir())
-             if f.is_file() and f.name not in (OPTIM_FILE, ".gitignore")}
-    atomic_write_text(json.dumps({"round": r, "files": files}, indent=2) + "\n", manifest_path(ckpt))
+    atomic_write_text(json.dumps({"round": r, "files": manifest_files(ckpt)}, indent=2) + "\n", manifest_path(ckpt))
 
 
 def require(ckpt: Path, params_hint: str) -> None:

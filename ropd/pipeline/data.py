@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -10,9 +12,11 @@ import pandas as pd
 
 from ropd.io import atomic_dir, atomic_write_parquet
 from ropd.params import Params
-from ropd.pipeline.checkpoints import publish
+from ropd.pipeline.checkpoints import PrunedCheckpoint, manifest_files, manifest_path, publish
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.run import RunPaths
+
+log = logging.getLogger(__name__)
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -63,7 +67,6 @@ def prepare(params: Params) -> None:
     this file nor the teacher's answers, and only the new rounds run.
     """
     from ropd.data.load import load_prompts
-    from ropd.models import prepare_smollm2
 
     paths = RunPaths(params)
     d = params.data
@@ -78,15 +81,40 @@ def prepare(params: Params) -> None:
         train = train.sample(frac=1.0, random_state=d.seed).head(slots * d.prompts_per_round).reset_index(drop=True)
         train["round"] = train.index // d.prompts_per_round
         held = held.head(params.eval.n_prompts).assign(round=-1)
-        base = Path(params.student.model_path) if params.student.model_path else prepare_smollm2(
-            Path(params.models_dir))
-        if not (base / "config.json").is_file() and not (base / "adapter_config.json").is_file():
-            raise ValueError(f"student.model_path: {base} is not a model directory (no config.json); point it at a "
-                             "transformers checkpoint, or set it to null for the packaged SmolLM2")
+        base = base_policy(params)
         atomic_write_parquet(pd.concat([train, held], ignore_index=True), paths.prompts)
         paths.checkpoint(0).parent.mkdir(parents=True, exist_ok=True)
         _link_tree(base, paths.checkpoint(0))
         publish(paths.checkpoint(0), 0)
+
+
+def base_policy(params: Params) -> Path:
+    """The round-0 policy's source: `student.model_path`, or the packaged SmolLM2 (converted on first use)."""
+    from ropd.models import prepare_smollm2
+
+    base = Path(params.student.model_path) if params.student.model_path else prepare_smollm2(Path(params.models_dir))
+    if not (base / "config.json").is_file() and not (base / "adapter_config.json").is_file():
+        raise ValueError(f"student.model_path: {base} is not a model directory (no config.json); point it at a "
+                         "transformers checkpoint, or set it to null for the packaged SmolLM2")
+    return base
+
+
+def restore_base_policy(params: Params, paths: RunPaths) -> None:
+    """Round 0's weights when only its manifest is here, as in a queued DVC experiment: DVC runs it in a fresh
+    copy of the repository and restores the manifest from its cache, but no weights travel. Round 0 is the
+    base model, so it is linked again from its source and must match the manifest file for file; a later
+    round's weights have no source but the run that trained them."""
+    ckpt = paths.checkpoint(0)
+    if ckpt.is_dir() or not manifest_path(ckpt).is_file():
+        return
+    base = base_policy(params)
+    _link_tree(base, ckpt)
+    if manifest_files(ckpt) != json.loads(manifest_path(ckpt).read_text())["files"]:
+        shutil.rmtree(ckpt)
+        raise PrunedCheckpoint(f"{ckpt}: its weights are not here, and {base} is no longer the model its manifest "
+                               "names (the base model changed since prepare ran): rerun prepare")
+    (ckpt / ".gitignore").write_text("*\n")
+    log.info("%s: restored from %s", ckpt, base)
 
 
 def pool_too_small(params: Params, pool: int) -> str:

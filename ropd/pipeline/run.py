@@ -29,7 +29,18 @@ from ropd.pipeline.launch import is_main
 from ropd.pipeline.timings import phase
 from ropd.rubric.prompts import render_conversation
 
-CACHE_FILE = Path("data/cache/llm_calls.sqlite")
+
+def queued_from(rel: Path) -> Path:
+    """`rel` in the workspace a DVC experiment was queued from, when this process runs in DVC's temporary copy
+    of it (`<repo>/.dvc/tmp/exps/<tmp>/`, `dvc exp run --run-all`); else `rel` as it is."""
+    for p in Path.cwd().parents:
+        if p.name == "exps" and p.parent.name == "tmp" and p.parent.parent.name == ".dvc":
+            return p.parent.parent.parent / rel
+    return rel
+
+
+# Shared with the workspace a queued experiment came from, so no experiment pays for a call twice.
+CACHE_FILE = queued_from(Path("data/cache/llm_calls.sqlite"))
 
 
 class RunStop(RuntimeError):
@@ -193,6 +204,10 @@ def with_chats(params: Params, roles: tuple[str, ...], body: Any, stage: str, r:
 
 
 def require_policy(params: Params, paths: RunPaths, r: int) -> None:
+    if r == 0:
+        from ropd.pipeline.data import restore_base_policy  # data.py builds on this module
+
+        restore_base_policy(params, paths)
     require(paths.checkpoint(r), f"checkpoints.keep_every={params.checkpoints.keep_every}")
 
 
