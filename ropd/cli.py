@@ -19,14 +19,12 @@ from ropd.io import atomic_write_parquet, atomic_write_text
 from ropd.llm.base import run_closing
 from ropd.llm.cache import CallCache
 from ropd.llm.limits import CallLimiter
-from ropd.llm.openai_compat import OpenAICompatChat
 from ropd.models import DEFAULT_MODELS_DIR, ModelPrepError, prepare_all
 from ropd.rubric.engine import Group, score_groups
 from ropd.rubric.prompts import RUBRICATOR_VERSION
 from ropd.rubric.tables import result_frames, teacher_below_student_rate
 from ropd.store.cli import audit, export, import_app, report, store_app
 from ropd.teacher import TeacherIndex, TeacherPrompt, dataset_index, fingerprint
-from ropd.testing.server import ScriptedServer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Rubric-based On-policy Distillation")
 console = Console()
@@ -56,6 +54,9 @@ def demo(
     index = TeacherIndex.load(out / "teacher.parquet", fingerprint(teacher_cfg))
     groups = [Group(group_id=g.prompt_id, question=g.question, teacher=index.answers(g.prompt_id),
                     student=g.student) for g in sample]
+
+    from ropd.llm.openai_compat import OpenAICompatChat  # here: every `ropd stage` starts without openai's 0.5 s
+    from ropd.testing.server import ScriptedServer
 
     server = None if base_url else ScriptedServer().start()
     url = base_url or server.base_url  # type: ignore[union-attr]
