@@ -11,9 +11,12 @@ and the T-Judge see. The judges are the shipped params' (the packaged SmolLM2, u
 points at a file whose rubricator/verifier blocks name another endpoint).
 
 The static-rubric arm (`method: static_rubric`, the Rubrics-as-Rewards-style baseline) verifies its
-rollouts against the ROPD arm's mined rubrics, exported once (`ropd export --format healthbench`)
-and never revised: the same prompts, rubricator and verifier, but the rubrics were written against
-another policy's answers and cannot follow this arm's. It runs the ROPD arm first if needed.
+rollouts against rubrics written once, before training: the ROPD rubricator on every training prompt
+of the study against the starting policy's answers (one round that holds them all, verified, never
+trained), exported with `ropd export --format healthbench`. The same prompts, rubricator and
+verifier as ROPD, but the rubrics cannot follow the policy as it moves. (The ROPD arm's own mined
+rubrics would not do: each prompt is seen in one round only, against the very rollouts this arm
+samples too, so the static arm would replay the ROPD arm exactly; a first version of this bench did.)
 
 Every method gets the same learning rate (the preset's `lr`): at the paper's GRPO rate of 1e-6, four
 optimizer steps leave a 135M policy's greedy answers unchanged, and a comparison of unequal rates
@@ -69,13 +72,26 @@ def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, wor
     return data
 
 
-def static_rubric_set(ropd_run: Path, work: Path) -> Path:
-    """The ROPD run's QA-cleaned rubrics of every round as one HealthBench file (deterministic bytes)."""
+def static_rubric_set(settings: dict[str, Any], preset: dict[str, Any], work: Path, tag: str) -> Path:
+    """Rubrics for every training prompt of the study, mined once against the starting policy's answers, as
+    one HealthBench file (deterministic bytes). The same 16 prompts: the pool is the seeded shuffle's head."""
+    from ropd.params import Params
+    from ropd.pipeline.stages import SETUP_STAGES, RunPaths, run_stage
     from ropd.store.export import ExportFormat, export_run
 
-    out = work / "static_rubrics" / ropd_run.name
+    once = {**preset, "rounds": 1, "prompts_per_round": preset["prompts_per_round"] * preset["rounds"]}
+    data = method_params(settings, once, "ropd", work, f"{tag}-rubrics")
+    data["judge_check"] = {**data.get("judge_check", {}), "prompts": 0}  # the arms run their own
+    params = Params.model_validate(data)
+    run = RunPaths(params).run
+    out = work / "static_rubrics" / run.name
     if not (out / "healthbench.jsonl").is_file():
-        export_run(ropd_run, out, ExportFormat.healthbench)
+        print(f"[static_rubric] writing rubrics for {once['prompts_per_round']} prompts", flush=True)
+        for name in SETUP_STAGES:
+            run_stage(params, name)
+        for name in ("rollout", "mine", "qa", "verify"):  # no training: the rubrics of the starting policy
+            run_stage(params, name, 0)
+        export_run(run, out, ExportFormat.healthbench, rounds=[0])
     return out / "healthbench.jsonl"
 
 
@@ -152,9 +168,9 @@ def main() -> None:
     for method in methods:
         t0 = time.monotonic()
         settings = base
-        if method == "static_rubric":  # the ROPD arm's rubrics, exported once and then fixed
-            settings = {**base, "static_rubric": {"file": str(static_rubric_set(RunPaths(finished("ropd", base)).run,
-                                                                                work)), "format": "healthbench"}}
+        if method == "static_rubric":  # rubrics written before training, then fixed
+            settings = {**base, "static_rubric": {"file": str(static_rubric_set(base, preset, work, args.preset)),
+                                                  "format": "healthbench"}}
         params = finished(method, settings)
         paths = RunPaths(params)
         wall[method] = round(stage_seconds(params), 1)

@@ -20,7 +20,15 @@ from ropd.overrides import RoleOverride, RunOverrides, dvc_exp_command, effectiv
 from ropd.params import ConfigError, Params
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def flows_from_this_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flows` as this repository holds it: a pipeline test before this one imported the package from a tiny
+    project's copy, since deleted, and Python keeps that package and its search path."""
+    for name in [m for m in sys.modules if m == "flows" or m.startswith("flows.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(ROOT))
 
 
 @pytest.fixture
