@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-log = logging.getLogger(__name__)
 
 # What `dvc exp show` lists per experiment: the figures a sweep is compared on.
 HEADLINE = ("mean_reward", "reward_auc", "accuracy", "judge_error_rate", "run_spend_usd")
