@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from ropd.params import round_items
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -41,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ScriptedServer() as srv:
         os.chdir(tmp)
         data = tiny_params(srv.base_url, prepare_smollm2().parent)
-        data["rounds"] = [{"r": r, "next": r + 1} for r in range(args.rounds)]
+        data["rounds"] = round_items(args.rounds)
         data["data"]["pool_prompts"] = 2 * args.rounds
         data["checkpoints"] = {"keep_every": args.keep_every}
         Path("params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

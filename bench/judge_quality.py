@@ -36,6 +36,8 @@ import yaml
 from _common import start_server, stop_server, study_args
 from sample_efficiency import stage_seconds
 
+from ropd.params import round_items
+
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {"rounds": 4, "prompts_per_round": 3, "n": 8, "max_new_tokens": 32, "lr": 5e-5, "mini_batch_prompts": 2,
@@ -60,7 +62,7 @@ def arm_params(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int
                tag: str) -> dict[str, Any]:
     data = json.loads(json.dumps(base))  # deep copy
     data.update({"runs_dir": str(work / "data" / "runs"), "models_dir": str(work / "data" / "models"),
-                 "method": "ropd", "rounds": [{"r": r, "next": r + 1} for r in range(preset["rounds"])],
+                 "method": "ropd", "rounds": round_items(preset["rounds"]),
                  **judge_roles(base, url, f"rule-judge-{arm}")})
     data["data"].update({"prompts_per_round": preset["prompts_per_round"], "seed": seed,
                          "pool_prompts": preset["prompts_per_round"] * preset["rounds"]})

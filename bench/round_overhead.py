@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from ropd.params import round_items
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -51,7 +53,7 @@ def main() -> None:
             shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
             params = yaml.safe_load((ROOT / "params.yaml").read_text())
             params.update({"run_id": "bench", "models_dir": str((ROOT / "data" / "models").resolve()),
-                           "rounds": [{"r": 0, "next": 1}]})
+                           "rounds": round_items(1)})
             params["data"].update({"prompts_per_round": args.prompts, "pool_prompts": args.prompts})
             params["student"]["sampling"]["n"] = args.n
             params["judge_check"]["prompts"] = 0

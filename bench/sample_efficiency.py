@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from ropd.params import round_items
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("sft", "ropd", "static_rubric", "tjudge", "lopd")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -55,7 +57,7 @@ def method_params(base: dict[str, Any], preset: dict[str, Any], method: str, wor
     data = json.loads(json.dumps(base))  # deep copy
     models = work / "data" / "models"
     data.update({"runs_dir": str(work / "data" / "runs"), "models_dir": str(models),
-                 "method": method, "rounds": [{"r": r, "next": r + 1} for r in range(preset["rounds"])]})
+                 "method": method, "rounds": round_items(preset["rounds"])})
     data["data"].update({"prompts_per_round": preset["prompts_per_round"],  # the sampled teacher answers the pool
                          "pool_prompts": preset["prompts_per_round"] * preset["rounds"]})
     data["student"]["sampling"].update({"n": preset["n"], "max_new_tokens": preset["max_new_tokens"]})

@@ -39,7 +39,7 @@ from ropd.overrides import Effective, Method, RoleOverride, RunOverrides, dvc_ex
 from ropd.params import Params, load_params
 from ropd.pipeline.dag import content_hash, params_digest, stage_io
 from ropd.pipeline.lock import run_lock
-from ropd.pipeline.stages import ROUND_STAGES, SETUP_STAGES, RunPaths, run_stage
+from ropd.pipeline.stages import SETUP_STAGES, RunPaths, round_steps, run_stage, side_by_side
 
 LLM_STAGES = {"teacher", "judge_check", "mine", "verify", "evaluate"}
 
@@ -109,10 +109,11 @@ def distill(params_file: str = "params.yaml", run_id: str | None = None, rounds:
             _run(params, stage_file, name)
         progress = create_progress_artifact(0.0, key=f"{params.run_id}-progress",
                                             description="rounds completed")
-        for i, item in enumerate(params.rounds):
-            for name in ROUND_STAGES:
-                _run(params, stage_file, name, item.r)
-            update_progress_artifact(progress, 100.0 * (i + 1) / len(params.rounds))
+        done: set[int] = set()
+        for step in round_steps(params):  # with overlap, a round is judged while the next one samples
+            side_by_side(step, lambda name, r: _run(params, stage_file, name, r))
+            done |= {r for lane in step for name, r in lane if name == "evaluate"}
+            update_progress_artifact(progress, 100.0 * len(done) / len(params.rounds))
         final_task("summarize", stage_file)
         final_task("report", stage_file)
         history = json.loads(paths.history.read_text())

@@ -91,12 +91,24 @@ class BudgetParams(BaseModel):
 
 
 class RoundItem(BaseModel):
-    """One DVC `foreach` item: round `r` reads policy `round_<r>` and writes policy `round_<next>`."""
+    """One DVC `foreach` item: round `r` samples from policy `round_<policy>`, updates `round_<r>` and writes
+    `round_<next>`. DVC's templating has no arithmetic, so each index is spelled out (`round_items`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     r: int = Field(ge=0)
     next: int = Field(ge=1)
+    policy: int = Field(ge=0, description="the policy round r's rollouts come from: r, or r-1 with overlap")
+
+
+def sampling_policy(r: int, overlap: bool) -> int:
+    """With overlap, round r's rollouts are drawn from policy r-1 while round r-1 is still being judged."""
+    return max(r - 1, 0) if overlap else r
+
+
+def round_items(n: int, overlap: bool = False) -> list[dict[str, int]]:
+    """The `rounds:` list for n rounds: what `ropd rounds N` writes."""
+    return [{"r": r, "next": r + 1, "policy": sampling_policy(r, overlap)} for r in range(n)]
 
 
 class Params(BaseModel):
@@ -108,8 +120,10 @@ class Params(BaseModel):
     method: Literal["ropd", "static_rubric", "sft", "tjudge", "lopd"] = Field(
         default="ropd", description="ropd (rubric rewards), static_rubric (fixed rubrics from a file), sft (teacher "
         "answers), tjudge (scalar judge reward), lopd (teacher logits, white-box)")
-    rounds: list[RoundItem] = Field(default_factory=lambda: [RoundItem(r=0, next=1), RoundItem(r=1, next=2)],
+    rounds: list[RoundItem] = Field(default_factory=lambda: [RoundItem(**item) for item in round_items(2)],
                                     min_length=1)
+    overlap: bool = Field(default=False, description="sample round r+1 from policy r while round r is judged "
+                          "(one step off-policy, corrected by grpo.tis_cap); false = strictly in turn")
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     student: StudentParams = StudentParams()
@@ -143,13 +157,31 @@ class Params(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool):
             raise ValueError(f"rounds must be a list, one DVC foreach item per round: write it with "
                              f"`ropd rounds {value}`")
+        if isinstance(value, list) and any(isinstance(item, dict) and "policy" not in item for item in value):
+            raise ValueError(f"rounds items need a `policy` (the policy each round samples from): rewrite the "
+                             f"list with `ropd rounds {len(value)}`")
         return value
 
     @model_validator(mode="after")
     def _consecutive_rounds(self) -> Params:
         for i, item in enumerate(self.rounds):
-            if item.r != i or item.next != i + 1:
-                raise ValueError(f"rounds[{i}] must be {{r: {i}, next: {i + 1}}}: rounds run 0, 1, 2, … in order")
+            want = {"r": i, "next": i + 1, "policy": sampling_policy(i, self.overlap)}
+            if item.model_dump() != want:
+                shown = ", ".join(f"{k}: {v}" for k, v in want.items())
+                raise ValueError(f"rounds[{i}] must be {{{shown}}} with overlap: {str(self.overlap).lower()}: "
+                                 f"rounds run 0, 1, 2, … in order; `ropd rounds {len(self.rounds)}` writes the list")
+        return self
+
+    @model_validator(mode="after")
+    def _overlap_is_corrected(self) -> Params:
+        if not self.overlap:
+            return self
+        if self.method in ("sft", "lopd"):
+            raise ValueError(f"overlap: true overlaps rollouts with judging; method {self.method} has neither: set "
+                             "overlap: false")
+        if self.grpo.tis_cap is None:
+            raise ValueError("overlap: true samples each round from the policy before the one it updates: set "
+                             "grpo.tis_cap (paper: 2) so the update weighs tokens by the importance ratio")
         return self
 
     @model_validator(mode="after")

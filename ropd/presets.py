@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from ropd.io import atomic_write_text
-from ropd.params import ConfigError, Params, describe_errors
+from ropd.params import ConfigError, Params, describe_errors, round_items
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 _YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)")
@@ -48,21 +48,21 @@ def _represent_float(rep, value: float):
 
 def _set_rounds(node: CommentedMap, n: int) -> None:
     """Replace the round list, keeping the old list's comments (its header, the blank line after it)."""
-    new, old = round_items(n), node.get("rounds")
+    new, old = round_seq(n, bool(node.get("overlap", False))), node.get("rounds")
     if isinstance(old, CommentedSeq):
         new.ca.comment, new.ca.end = old.ca.comment, old.ca.end
     node["rounds"] = new
 
 
-def round_items(n: int) -> CommentedSeq:
-    """`[{r: 0, next: 1}, …]` for n rounds, each item in flow style on its own line."""
+def round_seq(n: int, overlap: bool) -> CommentedSeq:
+    """`[{r: 0, next: 1, policy: 0}, …]` for n rounds, each item in flow style on its own line."""
     if n < 1:
         raise ConfigError(f"rounds: {n} is not a number of rounds; ask for at least 1")
     seq = CommentedSeq()
-    for r in range(n):
-        item = CommentedMap([("r", r), ("next", r + 1)])
-        item.fa.set_flow_style()
-        seq.append(item)
+    for item in round_items(n, overlap):
+        flow = CommentedMap(item)
+        flow.fa.set_flow_style()
+        seq.append(flow)
     return seq
 
 
@@ -90,6 +90,8 @@ def apply_set(doc: CommentedMap, assignment: str) -> None:
         _set_rounds(node, value)
     else:
         node[leaf] = value
+    if key.strip() == "overlap" and isinstance(doc.get("rounds"), list):  # each round's policy follows the switch
+        _set_rounds(doc, len(doc["rounds"]))
 
 
 def render(doc: CommentedMap, source: str) -> str:

@@ -17,7 +17,7 @@ import yaml
 
 from ropd.data.load import DatasetError
 from ropd.models import ModelPrepError
-from ropd.params import load_params
+from ropd.params import load_params, round_items
 from ropd.pipeline.data import prepare
 from ropd.train.grpo import CheckpointError, GRPOLearner, load_policy
 from tests.tiny import BIN, project_env
@@ -69,7 +69,7 @@ def test_missing_student_model_is_named(tmp_path: Path, monkeypatch: pytest.Monk
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     data = {"run_id": "bad", "student": {"model_path": str(tmp_path / "no-such-model")},
             "data": {"source": "p.jsonl", "eval_source": "p.jsonl", "prompts_per_round": 1},
-            "rounds": [{"r": 0, "next": 1}]}
+            "rounds": round_items(1)}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(CLEAR, match="no-such-model"):
         prepare(load_params("params.yaml"))
@@ -116,7 +116,7 @@ def test_cli_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path, smollm2_dir:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
     write_params(tmp_path, model, data={"source": "p.jsonl", "eval_source": "p.jsonl", "prompts_per_round": 1},
-                 rounds=[{"r": 0, "next": 1}])
+                 rounds=round_items(1))
     prepare(load_params("params.yaml"))
     weights = tmp_path / "data" / "runs" / "bad" / "checkpoints" / "round_0" / "model.safetensors"
     weights.unlink()  # a hard link to the shared model: replace it, never write through it

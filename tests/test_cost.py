@@ -22,7 +22,7 @@ from ropd.llm.base import ChatRequest, ChatResult
 from ropd.llm.cache import CallCache, CallTag
 from ropd.llm.cost import Ledger, priced
 from ropd.llm.openai_compat import OpenAICompatChat
-from ropd.params import ConfigError, Params, load_params
+from ropd.params import ConfigError, Params, load_params, round_items
 from ropd.pipeline import stages
 from ropd.testing.server import ScriptedServer
 from tests.conftest import FAST, run
@@ -157,7 +157,7 @@ def judged(module_tmp: Path, smollm2_dir: Path) -> Iterator[tuple[Path, Scripted
     with ScriptedServer() as srv, pytest.MonkeyPatch.context() as mp:
         data = tiny_params(srv.base_url, smollm2_dir.parent)
         provide_models(module_tmp, smollm2_dir.parent)
-        data["rounds"] = [{"r": 0, "next": 1}, {"r": 1, "next": 2}]
+        data["rounds"] = round_items(2)
         data["data"]["pool_prompts"] = 4
         for role in ("rubricator", "verifier"):
             data[role].update({"price": PRICE, "api_key_env": KEY_ENV})

@@ -20,7 +20,7 @@ from ropd.config import EngineConfig, LimitsConfig, RoleConfig
 from ropd.llm.base import run_closing
 from ropd.llm.limits import CallLimiter
 from ropd.llm.openai_compat import OpenAICompatChat
-from ropd.params import Params
+from ropd.params import Params, round_items
 from ropd.rollout.base import SamplingParams
 from ropd.rollout.hf_sampler import TransformersSampler
 from ropd.rubric.engine import Group, score_groups
@@ -56,7 +56,7 @@ def learned(module_tmp: Path, smollm2_dir: Path) -> tuple[float, float, list[dic
 
     with ScriptedServer() as srv:
         data = tiny_params(srv.base_url, smollm2_dir.parent, {
-            "rounds": [{"r": r, "next": r + 1} for r in range(ROUNDS)], "data.prompts_per_round": PROMPTS,
+            "rounds": round_items(ROUNDS), "data.prompts_per_round": PROMPTS,
             "student.sampling.n": N, "student.sampling.max_new_tokens": TOKENS, "grpo.micro_batch_size": 8,
             # 2 optimizer steps a round at 5e-5: enough to move a 135M policy in 3 rounds on 2 cores
             "grpo.lr": 5e-5, "grpo.mini_batch_prompts": 1,

@@ -53,12 +53,31 @@ def test_fifty_rounds_from_one_command(tmp_path: Path) -> None:
     assert load_params(tmp_path / "params.yaml").rounds[-1].next == 50
 
 
+def test_overlap_samples_each_round_from_the_policy_before(tmp_path: Path) -> None:
+    """With overlap, DVC's graph lets round r+1 sample while round r is judged, and matches stage_io."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    Repo.init(str(tmp_path), no_scm=True).close()
+    params = edit_params(tmp_path / "params.yaml", ["rounds=3", "grpo.tis_cap=2", "overlap=true"])
+    assert [i.policy for i in params.rounds] == [0, 0, 1]  # the switch rewrote the list
+    with Repo(str(tmp_path)) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+        graph = repo.index.graph
+    assert graph.has_edge(stages["rollout@1"], stages["prepare"])  # policy 0
+    assert not graph.has_edge(stages["rollout@1"], stages["train@0"])
+    assert graph.has_edge(stages["rollout@2"], stages["train@0"])  # policy 1
+    assert graph.has_edge(stages["train@1"], stages["train@0"])  # the update still chains every policy
+    deps, _ = stage_io(params, "rollout", 2)
+    dvc_deps = {Path(d.fs_path).resolve() for d in stages["rollout@2"].deps if not hasattr(d, "params")}
+    assert dvc_deps == {(tmp_path / d).resolve() for d in deps}
+
+
 def test_prefect_cache_keys_follow_each_stages_params() -> None:
     """More rounds leave every existing stage's key alone; a setting a stage reads changes that stage's key."""
     from ropd.pipeline.dag import params_digest
 
     base = load_params(ROOT / "params.yaml")
-    longer = base.model_copy(update={"rounds": [*base.rounds, type(base.rounds[0])(r=2, next=3)]})
+    longer = base.model_copy(update={"rounds": [*base.rounds, type(base.rounds[0])(r=2, next=3, policy=2)]})
     hotter = base.model_copy(update={"grpo": base.grpo.model_copy(update={"lr": 1e-3})})
     for name in STAGE_PARAMS:
         assert params_digest(longer, name) == params_digest(base, name), name

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from ropd.params import load_params, round_items
+from ropd.pipeline.stages import round_steps
 from ropd.testing.server import ScriptedServer
 from ropd.tracking import HEADLINE
 from tests.tiny import BIN, dvc, make_project, project_env
@@ -136,32 +138,57 @@ def test_dvc_repro_static_rubric_from_a_healthbench_file(tmp_path: Path, judge: 
     assert "up to date" in dvc(proj, "status")  # a change of static_rubric reruns from mine (dvc.yaml's params)
 
 
-def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, judge: ScriptedServer, smollm2_dir: Path,
+@pytest.fixture
+def noisy_judge() -> Iterator[ScriptedServer]:
+    """Verdicts flipped at ε = 0.3: a group's rewards differ, so every round's update moves the policy."""
+    with ScriptedServer(noise=0.3) as srv:
+        yield srv
+
+
+def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, noisy_judge: ScriptedServer, smollm2_dir: Path,
                                                      prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent)
+    """An overlapped flow run: each round's judging beside the next round's sampling, in threads. DVC, which
+    runs one stage at a time, writes the same bytes, and round 1's update sees that its rollouts came from
+    policy 0 while it starts from policy 1."""
+    judge = noisy_judge
+    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent, {
+        "overlap": True, "rounds": round_items(2, overlap=True), "grpo.tis_cap": 2.0, "grpo.lr": 1e-5})
     monkeypatch.chdir(proj)
     monkeypatch.setenv("PATH", project_env()["PATH"])
     monkeypatch.syspath_prepend(str(proj))
     from flows.distill import distill
 
-    served = judge.served()
     out = distill("params.yaml")
     check_outputs(proj)
-    assert out["rounds"][0]["round"] == 0
+    assert [row["round"] for row in out["rounds"]] == [0, 1]
     assert "up to date" in dvc(proj, "status")  # the flow recorded the lineage
-    # a second run is served from Prefect's cache: no judge call, no stage rerun
-    served_after_first = judge.served()
-    assert served_after_first > served
-    distill("params.yaml")
-    assert judge.served() == served_after_first
     run = proj / "data" / "runs" / "tiny"
+    rollouts = [pd.read_parquet(run / f"round_{r}" / "rollouts.parquet") for r in (0, 1)]
+    assert [set(df["policy"]) for df in rollouts] == [{0}, {0}]
+    assert [set(df["checkpoint"]) for df in rollouts] == [{"round_0"}, {"round_0"}]
+    m0, m1 = (json.loads((run / f"round_{r}" / "train_metrics.json").read_text()) for r in (0, 1))
+    assert m0["grad_norm"] > 0  # round 0 moved the policy, so round 1's rollouts are off-policy
+    # On-policy the trainer and the sampler agree up to fp32 noise; one round behind they do not.
+    assert m0["tis_abs_log_ratio_mean"] < 1e-3 < m1["tis_abs_log_ratio_mean"], (m0, m1)
+    # Every stage that ran beside another, once more by DVC, one at a time: the same bytes.
+    beside = [f"{name}@{r}" for step in round_steps(load_params("params.yaml")) if len(step) > 1
+              for lane in step for name, r in lane]
+    assert len(beside) == 8, beside  # round r's mine, qa and verify beside rollout@(r+1) or evaluate@(r-1)
+    before = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    dvc(proj, "repro", "--force", "--single-item", *beside)
+    after = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    assert {k: after[k] for k in beside} == {k: before[k] for k in beside}
+    assert "up to date" in dvc(proj, "status")
+    # a second run is served from Prefect's cache: no judge call, no stage rerun
+    served = judge.served()
+    distill("params.yaml")
+    assert judge.served() == served
     assert (run / "params.yaml").read_text() == (proj / "params.yaml").read_text()  # the effective params
     lineage = json.loads((run / "lineage.json").read_text())
     assert lineage["dvc"] == "recorded in dvc.lock" and lineage["parameters"] == []
-    # A value from the deployment's form, on the same run id: only train and evaluate rerun (the judge sees
-    # only the new policy's held-out answers), and dvc.lock (DVC reads params.yaml) is left as it was, which
-    # the lineage says.
-    judged = {f: f.stat().st_mtime_ns for f in (run / "round_0").glob("*.parquet")}
+    # A value from the deployment's form, on the same run id: only train and evaluate rerun. Round 1 samples
+    # from policy 0, which the new rate does not change, so no round samples or is judged again.
+    judged = {f: f.stat().st_mtime_ns for f in run.glob("round_*/*.parquet")}
     out = distill("params.yaml", run_id="tiny", lr=3e-5)
     assert {f: f.stat().st_mtime_ns for f in judged} == judged
     assert yaml.safe_load((run / "params.yaml").read_text())["grpo"]["lr"] == 3e-5

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from ropd.params import round_items
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -23,7 +25,7 @@ def tiny_params(base_url: str, models_dir: Path, overrides: dict | None = None) 
     judge = {"provider": "openai", "base_url": base_url, "model": "stand-in-judge", "api_key_env": None,
              "max_tokens": 512, "backoff_initial_s": 0.05}
     data.update({
-        "run_id": "tiny", "models_dir": str(models_dir), "rounds": [{"r": 0, "next": 1}],
+        "run_id": "tiny", "models_dir": str(models_dir), "rounds": round_items(1),
         "rubricator": {**judge, "temperature": 0.7}, "verifier": {**judge, "temperature": 0.0},
     })
     data["data"].update({"prompts_per_round": 2, "n_train": 500, "n_eval": 100})

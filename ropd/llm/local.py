@@ -21,6 +21,7 @@ from ropd.llm.base import ChatRequest, ChatResult
 from ropd.llm.cache import CallCache
 from ropd.llm.errors import ErrorType, LLMError
 from ropd.llm.strict_schema import tighten_for_local
+from ropd.rng import seeded
 
 
 class LocalLM:
@@ -69,9 +70,8 @@ class LocalLM:
                 processors.append(xgr.contrib.hf.LogitsProcessor([self._grammar(r.json_schema or {})
                                                                   for r in requests]))
             seed = int(hashlib.sha256("".join(r.key() for r in requests).encode()).hexdigest()[:8], 16)
-            torch.manual_seed(seed)
             sample = (first.temperature or 0.0) > 0  # None (not set) decodes greedily, like 0
-            with torch.inference_mode():
+            with seeded(seed), torch.inference_mode():
                 out = self.model.generate(
                     **enc,
                     max_new_tokens=first.max_tokens,

@@ -41,7 +41,7 @@ def stage_io(params: Params, name: str, r: int | None = None) -> tuple[list[Path
     assert r is not None, f"stage {name} needs a round"
     rd = p.round(r)
     table = {
-        "rollout": ([p.prompts, ckpt(r), p.judge_gate], [rd / "rollouts.parquet"]),
+        "rollout": ([p.prompts, ckpt(params.rounds[r].policy), p.judge_gate], [rd / "rollouts.parquet"]),
         "mine": ([rd / "rollouts.parquet", p.teacher],
                  [rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"]),
         "qa": ([rd / "rubrics.parquet", rd / "criteria.parquet", rd / "rubric_failures.parquet"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,9 @@ from pathlib import Path
 
 from ropd.pipeline.launch import LAUNCHED_ENV
 
-_held: dict[Path, int] = {}  # re-entrant within a process: a flow holds it while its stages take it again
+# Re-entrant within a process: a flow holds it while its stages take it again, from any of its threads.
+_held: dict[Path, int] = {}
+_counts = threading.Lock()
 
 
 class RunLocked(RuntimeError):
@@ -24,12 +27,16 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     if os.environ.get(LAUNCHED_ENV) == str(run_dir):  # a launched stage's child: its parent holds the lock
         yield
         return
-    if run_dir in _held:
-        _held[run_dir] += 1
+    with _counts:
+        nested = run_dir in _held
+        if nested:
+            _held[run_dir] += 1
+    if nested:
         try:
             yield
         finally:
-            _held[run_dir] -= 1
+            with _counts:
+                _held[run_dir] -= 1
         return
     # Beside the run directory, not in it: DVC hashes the run directory as a dependency.
     path = run_dir.parent / ".locks" / f"{run_dir.name}.lock"

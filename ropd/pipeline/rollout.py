@@ -1,4 +1,5 @@
-"""The rollout stage: the current policy samples n answers per round prompt (seeded, so a rerun draws the same)."""
+"""The rollout stage: the round's sampling policy (the current one, or the one before it with `overlap`) draws n
+answers per round prompt, seeded, so a rerun draws the same."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def rollout(params: Params, r: int) -> None:
             pool = int((df["split"] == "train").sum())
             raise ValueError(f"round {r}: no prompts assigned. {pool_too_small(params, pool)}")
         device = process_device(params.student.device)
-        require_policy(params, paths, r)
+        policy = params.rounds[r].policy
+        require_policy(params, paths, policy)
         with phase("policy_load"):
-            model, tokenizer = load_policy(paths.checkpoint(r), device)
+            model, tokenizer = load_policy(paths.checkpoint(policy), device)
         sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
         sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
         chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}
@@ -47,6 +49,6 @@ def rollout(params: Params, r: int) -> None:
             rollouts = sorted(gather_object(rollouts), key=lambda ro: (order[ro.prompt_id], ro.sample_idx))
             if not is_main():
                 return
-        out = pd.DataFrame([{"run_id": params.run_id, "round": r, **ro.model_dump(),
-                             "checkpoint": paths.checkpoint(r).name} for ro in rollouts])
+        out = pd.DataFrame([{"run_id": params.run_id, "round": r, **ro.model_dump(), "policy": policy,
+                             "checkpoint": paths.checkpoint(policy).name} for ro in rollouts])
         atomic_write_parquet(out, paths.round(r) / "rollouts.parquet")

@@ -222,8 +222,10 @@ def sweep_policies(params: Params, paths: RunPaths) -> None:
     rounds = {item.r for item in params.rounds}
 
     def read_by_all(j: int) -> bool:
-        """Round j's weights were read by rollout@j, train@j and evaluate@(j-1), wherever those are scheduled."""
-        rolled = j not in rounds or (paths.round(j) / "rollouts.parquet").is_file()
+        """Round j's weights were read by the rollouts they sampled (round j, or j+1 with overlap), train@j and
+        evaluate@(j-1), wherever those are scheduled."""
+        rolled = all((paths.round(item.r) / "rollouts.parquet").is_file() for item in params.rounds
+                     if item.policy == j)
         trained = j not in rounds or manifest_path(paths.checkpoint(j + 1)).is_file()
         evaluated = j - 1 not in rounds or (paths.round(j - 1) / "eval.json").is_file()
         return rolled and trained and evaluated

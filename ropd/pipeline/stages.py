@@ -8,6 +8,9 @@ pipeline's public surface. Sampling and training are seeded, so a rerun produces
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ropd.params import Params
@@ -33,7 +36,7 @@ from ropd.pipeline.timings import timed_stage
 from ropd.pipeline.train import train
 
 __all__ = ["CACHE_FILE", "ROUND_STAGES", "RUN_STAGES", "SETUP_STAGES", "STOPS", "BudgetStop", "JudgeCheckStop",
-           "QualityGateStop", "RunPaths", "RunStop", "run_all", "run_stage"]
+           "QualityGateStop", "RunPaths", "RunStop", "round_steps", "run_all", "run_stage", "side_by_side"]
 
 
 SETUP_STAGES = ("demo_data", "prepare", "teacher_sft", "teacher", "judge_check")
@@ -70,12 +73,56 @@ def run_stage(params: Params, name: str, r: int | None = None) -> None:
             fn(*args)
 
 
+Lane = list[tuple[str, int]]  # round stages run in this order
+
+
+def round_steps(params: Params) -> list[list[Lane]]:
+    """The round stages in steps: a step's lanes run side by side, and a step starts once the last one ended.
+
+    In turn, every stage is a step of its own. With `overlap`, round r is judged (mine, qa, verify) while the
+    policy side evaluates policy r and samples round r+1 from it: the judge's latency hides behind the
+    accelerator's work. `dvc repro` runs the same stages one at a time, in an order its DAG allows, and
+    writes the same tables.
+    """
+    rounds = [item.r for item in params.rounds]
+    if not params.overlap:
+        return [[[(name, r)]] for r in rounds for name in ROUND_STAGES]
+    steps: list[list[Lane]] = [[[("rollout", rounds[0])]]]
+    for i, r in enumerate(rounds):
+        policy_side = [("rollout", rounds[i + 1])] if i + 1 < len(rounds) else []
+        if i:
+            policy_side.append(("evaluate", rounds[i - 1]))
+        steps.append([[("mine", r), ("qa", r), ("verify", r)], *([policy_side] if policy_side else [])])
+        steps.append([[("train", r)]])
+    steps.append([[("evaluate", rounds[-1])]])
+    return steps
+
+
+def side_by_side(lanes: list[Lane], run: Callable[[str, int], None]) -> None:
+    """`run` every stage of each lane, the lanes in threads of their own; the first error is raised once all
+    lanes ended, so a failing judge never cuts a rollout short. Each thread gets a copy of this context, so
+    Prefect's flow run and the stage timings follow it."""
+    def lane_fn(lane: Lane) -> Callable[[], None]:
+        def in_order() -> None:
+            for name, r in lane:
+                run(name, r)
+        return in_order
+
+    if len(lanes) == 1:
+        lane_fn(lanes[0])()
+        return
+    with ThreadPoolExecutor(len(lanes), thread_name_prefix="ropd-lane") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, lane_fn(lane)) for lane in lanes]
+    if errors := [exc for f in futures if (exc := f.exception()) is not None]:
+        raise errors[0]
+
+
 def run_all(params: Params) -> None:
     """Every stage in order, in this process: the plain front-end (DVC and Prefect call the same stages)."""
-    for name in SETUP_STAGES:
-        run_stage(params, name)
-    for item in params.rounds:
-        for name in ROUND_STAGES:
-            run_stage(params, name, item.r)
-    run_stage(params, "summarize")
-    run_stage(params, "report")
+    with run_lock(RunPaths(params).run):  # held here, so the lanes of an overlapped step share it
+        for name in SETUP_STAGES:
+            run_stage(params, name)
+        for step in round_steps(params):
+            side_by_side(step, lambda name, r: run_stage(params, name, r))
+        run_stage(params, "summarize")
+        run_stage(params, "report")

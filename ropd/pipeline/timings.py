@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-_phases: dict[str, float] = {}
+# The running stage's phases, per context: stages that overlap in threads (`overlap`) each keep their own.
+_phases: ContextVar[dict[str, float] | None] = ContextVar("ropd_stage_phases", default=None)
 _first_stage = True
+_append = threading.Lock()
 
 
 @contextmanager
@@ -27,7 +31,9 @@ def phase(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        _phases[name] = _phases.get(name, 0.0) + time.perf_counter() - t0
+        phases = _phases.get()
+        if phases is not None:  # outside a timed stage (a bench, a test) there is nothing to add to
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
 
 
 def process_age_s() -> float | None:
@@ -46,13 +52,17 @@ def timed_stage(timings: Path, stage: str, r: int | None) -> Iterator[None]:
     global _first_stage
     startup = process_age_s() if _first_stage else None
     _first_stage = False
-    _phases.clear()
+    phases: dict[str, float] = {}
+    token = _phases.set(phases)
     t0 = time.perf_counter()
-    yield
+    try:
+        yield
+    finally:
+        _phases.reset(token)
     line = {"stage": stage, "round": r, "seconds": round(time.perf_counter() - t0, 3),
-            "phases": {k: round(v, 3) for k, v in sorted(_phases.items())}}
+            "phases": {k: round(v, 3) for k, v in sorted(phases.items())}}
     if startup is not None:
         line["startup_s"] = round(startup, 3)
     timings.parent.mkdir(parents=True, exist_ok=True)
-    with timings.open("a") as f:
+    with _append, timings.open("a") as f:
         f.write(json.dumps(line) + "\n")

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from ropd.rng import seeded
 from ropd.rollout.base import Rollout, SamplingParams, encode_prompt
 
 
@@ -60,9 +61,8 @@ class TransformersSampler:
                 batch = jobs[start : start + params.batch_size]
                 enc = self.tokenizer.pad({"input_ids": [encoded[pid] for pid, _ in batch]},
                                          return_tensors="pt").to(self.device)
-                torch.manual_seed(params.seed * 1_000_003 + b)
                 sample = params.temperature > 0
-                with torch.inference_mode():
+                with seeded(params.seed * 1_000_003 + b), torch.inference_mode():
                     gen = self.model.generate(
                         **enc, max_new_tokens=params.max_new_tokens, do_sample=sample,
                         temperature=params.temperature if sample else None,

@@ -162,11 +162,14 @@ def surrogate_loss(
     stats: dict[str, float] = {}
     if cfg.tis_cap is not None:
         # verl's token-level TIS: exp of the log-ratio clamped to ±20 for safety, then truncated at the cap.
-        raw = torch.exp(torch.clamp(old_logp.detach() - batch["sampler_logp"], -20.0, 20.0))
+        log_ratio = old_logp.detach() - batch["sampler_logp"]
+        raw = torch.exp(torch.clamp(log_ratio, -20.0, 20.0))
         weight = raw.clamp(max=cfg.tis_cap)
         per_token = per_token * weight
         stats["tis_weight_sum"] = float((weight * mask).sum())
         stats["tis_truncated_sum"] = float((live & (raw > cfg.tis_cap)).sum())
+        # How far the sampler's policy is from the trainer's: ~0 on-policy, larger for overlapped rounds.
+        stats["tis_abs_log_ratio_sum"] = float((log_ratio.abs() * mask).sum())
     if ref_logp is not None and cfg.beta > 0:
         # k3 estimator of KL(π || π_ref): unbiased, non-negative.
         delta = ref_logp - logp
@@ -245,7 +248,7 @@ class GRPOLearner:
                    "clip_low_frac": 0.0, "clip_high_frac": 0.0, "clip_dual_frac": 0.0, "ratio_mean": 0.0,
                    "ratio_max": 0.0, "tis_truncated_frac": 0.0}
         if self.cfg.tis_cap is not None:
-            metrics["tis_weight_mean"] = 0.0
+            metrics.update(tis_weight_mean=0.0, tis_abs_log_ratio_mean=0.0)
         if not live:
             return metrics  # nothing to learn from: no step, optimizer state untouched
         bare = next((s for s in live if s.sampler_logprobs is None), None)
@@ -288,7 +291,8 @@ class GRPOLearner:
         metrics["grad_norm"] /= max(metrics["steps"], 1)
         per_token = {"clip_low_frac": "clip_low_sum", "clip_high_frac": "clip_high_sum",
                      "clip_dual_frac": "clip_dual_sum", "ratio_mean": "ratio_sum",
-                     "tis_truncated_frac": "tis_truncated_sum", "tis_weight_mean": "tis_weight_sum"}
+                     "tis_truncated_frac": "tis_truncated_sum", "tis_weight_mean": "tis_weight_sum",
+                     "tis_abs_log_ratio_mean": "tis_abs_log_ratio_sum"}
         totals = {key: self._across(value) for key, value in sorted(totals.items())}  # same order on every process
         for name, key in per_token.items():
             if name in metrics:
