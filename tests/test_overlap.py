@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,35 @@ def test_in_turn_every_stage_is_a_step_of_its_own() -> None:
     assert all(len(step) == 1 and len(step[0]) == 1 for step in steps)
     assert [lane[0] for step in steps for lane in step][:6] == [
         (name, 0) for name in ("rollout", "mine", "qa", "verify", "train", "evaluate")]
+
+
+def test_the_run_lock_is_shared_by_threads_and_released_by_the_last(tmp_path: Path) -> None:
+    """Two lanes take the run lock with no outer holder; whichever ends last releases it, and another process
+    is kept out until then."""
+    import subprocess
+    import sys
+
+    from ropd.pipeline.lock import run_lock
+
+    run = tmp_path / "runs" / "x"
+    probe = ("import sys; from ropd.pipeline.lock import run_lock, RunLocked\n"
+             "try:\n    with run_lock(sys.argv[1]): print('free')\nexcept RunLocked: print('locked')")
+
+    def other_process() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True).stdout.strip()
+
+    first_in, first_out = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with run_lock(run):
+            first_in.set()
+            first_out.wait(10)
+
+    t = threading.Thread(target=first)
+    t.start()
+    first_in.wait(10)
+    with run_lock(run):  # this thread joins the held lock
+        first_out.set()
+        t.join(10)  # the first holder ended; the lock stays held for this one
+        assert other_process() == "locked"
+    assert other_process() == "free"

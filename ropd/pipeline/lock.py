@@ -12,8 +12,9 @@ from pathlib import Path
 
 from ropd.pipeline.launch import LAUNCHED_ENV
 
-# Re-entrant within a process: a flow holds it while its stages take it again, from any of its threads.
-_held: dict[Path, int] = {}
+# Re-entrant within a process: a flow holds it while its stages take it again, from any of its threads. The
+# flock is taken by the first holder and released by the last, whichever threads those are.
+_held: dict[Path, list[int]] = {}  # run directory -> [fd, holders]
 _counts = threading.Lock()
 
 
@@ -28,16 +29,24 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     with _counts:
-        nested = run_dir in _held
-        if nested:
-            _held[run_dir] += 1
-    if nested:
-        try:
-            yield
-        finally:
-            with _counts:
-                _held[run_dir] -= 1
-        return
+        if run_dir in _held:
+            _held[run_dir][1] += 1
+        else:
+            _held[run_dir] = [_take(run_dir), 1]
+    try:
+        yield
+    finally:
+        with _counts:
+            entry = _held[run_dir]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[run_dir]
+                os.ftruncate(entry[0], 0)
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+                os.close(entry[0])
+
+
+def _take(run_dir: Path) -> int:
     # Beside the run directory, not in it: DVC hashes the run directory as a dependency.
     path = run_dir.parent / ".locks" / f"{run_dir.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,11 +60,4 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                         "(the lock is released automatically when that process exits)") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
-    _held[run_dir] = 1
-    try:
-        yield
-    finally:
-        del _held[run_dir]
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return fd
