@@ -3,7 +3,7 @@
     .venv/bin/python bench/overlap.py [--rounds 3] [--latency 2.0] [--in-flight 1] [--prompts 8] [--n 4]
 
 Both arms run the demo's rounds (the packaged SmolLM2 student on CPU, 8 prompts x n=4 by default) through
-`ropd.pipeline.stages` as `ropd run` does, against the stand-in OpenAI-compatible judge in its own process,
+`ropd.pipeline.stages.run_rounds`, as `ropd run` does, against the stand-in OpenAI-compatible judge in its own process,
 which waits `--latency` seconds before every reply. `--in-flight` caps the calls in flight
 (`limits.max_in_flight`): 1 is an endpoint that serves one call at a time, as a rate-limited reasoning model
 does; raise it to see the judge's share shrink. Each arm has its own project directory and call cache, so
@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_arm(work: Path, url: str, args: argparse.Namespace, overlap: bool) -> dict:
     from ropd.params import Params
-    from ropd.pipeline.stages import SETUP_STAGES, round_steps, run_stage, side_by_side
+    from ropd.pipeline.lock import run_lock
+    from ropd.pipeline.stages import SETUP_STAGES, run_rounds, run_stage
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data.update({"run_id": "overlap" if overlap else "in_turn", "models_dir": str((ROOT / "data" / "models").resolve()),
@@ -49,12 +50,12 @@ def run_arm(work: Path, url: str, args: argparse.Namespace, overlap: bool) -> di
     proj.mkdir()
     os.chdir(proj)  # the run directory and the call cache are relative: each arm has its own
     params = Params.model_validate(data)
-    for name in SETUP_STAGES:
-        run_stage(params, name)
-    t0 = time.perf_counter()
-    for step in round_steps(params):
-        side_by_side(step, lambda name, r: run_stage(params, name, r))
-    wall = time.perf_counter() - t0
+    with run_lock(params.run_dir):
+        for name in SETUP_STAGES:
+            run_stage(params, name)
+        t0 = time.perf_counter()
+        run_rounds(params)
+        wall = time.perf_counter() - t0
     lines = [json.loads(line) for line in (Path(params.runs_dir) / ".timings" / f"{params.run_id}.jsonl").open()]
     stage_s: dict[str, float] = {}
     for line in lines:

@@ -36,7 +36,8 @@ from ropd.pipeline.timings import timed_stage
 from ropd.pipeline.train import train
 
 __all__ = ["CACHE_FILE", "ROUND_STAGES", "RUN_STAGES", "SETUP_STAGES", "STOPS", "BudgetStop", "JudgeCheckStop",
-           "QualityGateStop", "RunPaths", "RunStop", "round_steps", "run_all", "run_stage", "side_by_side"]
+           "QualityGateStop", "RunPaths", "RunStop", "round_steps", "run_all", "run_rounds", "run_stage",
+           "side_by_side"]
 
 
 SETUP_STAGES = ("demo_data", "prepare", "teacher_sft", "teacher", "judge_check")
@@ -117,12 +118,18 @@ def side_by_side(lanes: list[Lane], run: Callable[[str, int], None]) -> None:
         raise errors[0]
 
 
+def run_rounds(params: Params) -> None:
+    """Every round stage, step by step (`round_steps`), in this process; the caller holds the run lock when
+    lanes run side by side."""
+    for step in round_steps(params):
+        side_by_side(step, lambda name, r: run_stage(params, name, r))
+
+
 def run_all(params: Params) -> None:
     """Every stage in order, in this process: the plain front-end (DVC and Prefect call the same stages)."""
     with run_lock(RunPaths(params).run):  # held here, so the lanes of an overlapped step share it
         for name in SETUP_STAGES:
             run_stage(params, name)
-        for step in round_steps(params):
-            side_by_side(step, lambda name, r: run_stage(params, name, r))
+        run_rounds(params)
         run_stage(params, "summarize")
         run_stage(params, "report")
