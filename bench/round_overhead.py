@@ -1,6 +1,6 @@
-"""Where one pipeline round's time goes under `dvc repro`, and how much of it is not model work.
+"""Where one pipeline round's time goes under `dvc repro` or the Prefect flow, and how much of it is not model work.
 
-    .venv/bin/python bench/round_overhead.py [--prompts 8] [--n 4] [--judge local|scripted]
+    .venv/bin/python bench/round_overhead.py [--prompts 8] [--n 4] [--judge local|scripted] [--runner dvc|prefect]
 
 It copies the project into a temporary git+DVC repository with one round at the demo settings
 (8 prompts x n=4; the judge is the demo's local SmolLM2, or with `--judge scripted` the stand-in
@@ -13,7 +13,11 @@ and how long the process had lived before the stage began (interpreter start and
     orchestration = wall - Σ stage seconds            (process start, imports, DVC)
     non-model     = orchestration + Σ phases           (the figure issue 14 asks under 5 %)
 
-Last line: {"orchestration_share", "non_model_share", "wall_s", "breakdown_s": {...}}.
+With `--runner prefect` the project runs `python flows/distill.py` instead: every stage is a task in one
+process, so there is no process start per stage, and the orchestration is the gaps between the round's
+tasks (each stage line records its start), which is Prefect's task bookkeeping and the flow's input hashing.
+
+Last line: {"runner", "orchestration_share", "non_model_share", "wall_s", "breakdown_s": {...}}.
 """
 
 from __future__ import annotations
@@ -31,9 +35,38 @@ from pathlib import Path
 import yaml
 
 from ropd.params import round_items
+from ropd.pipeline.stages import SETUP_STAGES as SETUP
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+def through_dvc(proj: Path, env: dict[str, str], timings: Path) -> tuple[float, list[dict], dict[str, float]]:
+    """`dvc repro` of the round's six stages, each a `ropd stage` process, after the set-up stages."""
+    subprocess.run([str(BIN / "dvc"), "repro", "judge_check"], cwd=proj, check=True, env=env, stdout=subprocess.DEVNULL)
+    timings.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    subprocess.run([str(BIN / "dvc"), "repro", "evaluate@0"], cwd=proj, check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    stages = [json.loads(line) for line in timings.read_text().splitlines()]
+    startup = sum(s.get("startup_s") or 0.0 for s in stages)
+    return wall, stages, {"process_start_and_imports": startup,
+                          "dvc_and_other": wall - sum(s["seconds"] for s in stages) - startup}
+
+
+def through_prefect(proj: Path, env: dict[str, str], timings: Path) -> tuple[float, list[dict], dict[str, float]]:
+    """The whole flow in one process (`python flows/distill.py`, an ephemeral Prefect server in a fresh
+    PREFECT_HOME); the round is the span from the end of the set-up stages to the end of `evaluate@0`, and
+    its gaps between stages are Prefect's task bookkeeping plus the flow's own input hashing."""
+    env = {**env, "PREFECT_HOME": str(proj / ".prefect"), "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    subprocess.run([sys.executable, str(ROOT / "flows" / "distill.py")], cwd=proj, check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = [json.loads(line) for line in timings.read_text().splitlines()]
+    setup_end = max(s["started"] + s["seconds"] for s in lines if s["round"] is None and s["stage"] in SETUP)
+    stages = sorted((s for s in lines if s["round"] == 0), key=lambda s: s["started"])
+    wall = stages[-1]["started"] + stages[-1]["seconds"] - setup_end
+    return wall, stages, {"prefect_task_bookkeeping": wall - sum(s["seconds"] for s in stages)}
 
 
 def main() -> None:
@@ -41,6 +74,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--judge", choices=("local", "scripted"), default="local")
+    ap.add_argument("--runner", choices=("dvc", "prefect"), default="dvc")
     args = ap.parse_args()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
     sys.path.insert(0, str(ROOT / "bench"))
@@ -65,36 +99,26 @@ def main() -> None:
             (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
                 subprocess.run(cmd, cwd=proj, check=True, env=env)
-            # the stages before the round are set-up, not part of a round
-            subprocess.run([str(BIN / "dvc"), "repro", "judge_check"], cwd=proj, check=True, env=env,
-                           stdout=subprocess.DEVNULL)
             timings = proj / "data" / "runs" / ".timings" / "bench.jsonl"
-            timings.unlink(missing_ok=True)
-            t0 = time.perf_counter()
-            subprocess.run([str(BIN / "dvc"), "repro", "evaluate@0"], cwd=proj, check=True, env=env,
-                           stdout=subprocess.DEVNULL)
-            wall = time.perf_counter() - t0
-            stages = [json.loads(line) for line in timings.read_text().splitlines()]
+            wall, stages, orchestration = (through_dvc if args.runner == "dvc" else through_prefect)(proj, env, timings)
     finally:
         if server is not None:
             stop_server(server)
     stage_s = sum(s["seconds"] for s in stages)
-    startup = sum(s.get("startup_s") or 0.0 for s in stages)
     phases: dict[str, float] = {}
     for s in stages:
         for k, v in s.get("phases", {}).items():
             phases[k] = phases.get(k, 0.0) + v
-    breakdown = {"process_start_and_imports": startup, **phases,
-                 "dvc_and_other": wall - stage_s - startup}
+    breakdown = {**orchestration, **phases}
     model = stage_s - sum(phases.values())
     print(f"{'stage':<10} {'seconds':>8} {'startup':>8}  phases")
     for s in stages:
         print(f"{s['stage']:<10} {s['seconds']:8.1f} {s.get('startup_s') or 0:8.1f}  "
               + ", ".join(f"{k} {v:.1f}" for k, v in s.get("phases", {}).items()))
-    print(f"round wall time through dvc repro: {wall:.1f} s; model work {model:.1f} s; not model work:")
+    print(f"round wall time through {args.runner}: {wall:.1f} s; model work {model:.1f} s; not model work:")
     for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<28} {v:7.1f} s  {v / wall:6.1%}")
-    print(json.dumps({"judge": args.judge, "orchestration_share": round(1 - stage_s / wall, 4),
+    print(json.dumps({"runner": args.runner, "judge": args.judge, "orchestration_share": round(1 - stage_s / wall, 4),
                       "non_model_share": round(1 - model / wall, 4), "wall_s": round(wall, 1),
                       "model_s": round(model, 1), "breakdown_s": {k: round(v, 2) for k, v in breakdown.items()}}))
 

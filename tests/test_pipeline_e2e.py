@@ -147,7 +147,8 @@ def noisy_judge() -> Iterator[ScriptedServer]:
 
 def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, noisy_judge: ScriptedServer, smollm2_dir: Path,
                                                      prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An overlapped flow run: each round's judging beside the next round's sampling, in threads. DVC, which
+    """An overlapped flow run: each round's judging beside the previous round's update and the next round's
+    sampling, in threads. DVC, which
     runs one stage at a time, writes the same bytes, and round 1's update sees that its rollouts came from
     policy 0 while it starts from policy 1."""
     judge = noisy_judge
@@ -171,11 +172,11 @@ def test_prefect_flow_end_to_end_records_dvc_lineage(tmp_path: Path, noisy_judge
     # On-policy the trainer and the sampler agree up to fp32 noise; one round behind they do not.
     assert m0["tis_abs_log_ratio_mean"] < 1e-3 < m1["tis_abs_log_ratio_mean"], (m0, m1)
     # The policy side of each overlapped step, once more by DVC, one stage at a time: the same bytes. These are
-    # the stages that draw from torch's generator beside another stage; the judge side's calls are replayed
-    # answers of a deterministic server, whatever runs beside them.
+    # the stages that draw from torch's generator (or hold it, as train does) beside another stage; the judge
+    # side's calls are replayed answers of a deterministic server, whatever runs beside them.
     steps = [step for step in round_steps(load_params("params.yaml")) if len(step) > 1]
     beside = [f"{name}@{r}" for step in steps for name, r in step[1]]
-    assert beside == ["rollout@1", "evaluate@0"], beside
+    assert beside == ["rollout@1", "train@0", "evaluate@0"], beside
     before = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
     dvc(proj, "repro", "--force", "--single-item", *beside)
     after = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]

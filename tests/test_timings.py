@@ -16,6 +16,7 @@ def test_a_stage_line_holds_its_phases_and_the_process_startup(tmp_path: Path,
     monkeypatch.setattr(timings, "_first_stage", True)
     f = tmp_path / ".timings" / "run.jsonl"
     age = timings.process_age_s()
+    before = time.time()
     assert age is not None and age > 0
     with timings.timed_stage(f, "train", 0):
         for _ in range(2):
@@ -30,4 +31,5 @@ def test_a_stage_line_holds_its_phases_and_the_process_startup(tmp_path: Path,
     assert first["stage"] == "train" and first["round"] == 0
     assert first["phases"]["policy_save"] >= 0.1 and first["seconds"] > first["phases"]["policy_save"] + 0.04
     assert age - 0.01 <= first["startup_s"] < age + 5  # this process's age when the first stage began
+    assert before <= first["started"] <= second["started"] - first["seconds"] + 0.01  # in order, no overlap
     assert second["phases"] == {} and "startup_s" not in second  # only a process's first stage pays its start

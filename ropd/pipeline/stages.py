@@ -81,21 +81,21 @@ def round_steps(params: Params) -> list[list[Lane]]:
     """The round stages in steps: a step's lanes run side by side, and a step starts once the last one ended.
 
     In turn, every stage is a step of its own. With `overlap`, round r is judged (mine, qa, verify) while the
-    policy side evaluates policy r and samples round r+1 from it: the judge's latency hides behind the
-    accelerator's work. `dvc repro` runs the same stages one at a time, in an order its DAG allows, and
-    writes the same tables.
+    policy side trains on round r-1, samples round r+1 from the policy that makes (policy r) and evaluates it:
+    the judge's latency hides behind the accelerator's work, and a step takes max(judging, train + rollout +
+    evaluate) instead of their sum. `dvc repro` runs the same stages one at a time, in an order its DAG
+    allows, and writes the same tables.
     """
     rounds = [item.r for item in params.rounds]
     if not params.overlap:
         return [[[(name, r)]] for r in rounds for name in ROUND_STAGES]
     steps: list[list[Lane]] = [[[("rollout", rounds[0])]]]
     for i, r in enumerate(rounds):
-        policy_side = [("rollout", rounds[i + 1])] if i + 1 < len(rounds) else []
-        if i:
-            policy_side.append(("evaluate", rounds[i - 1]))
+        before = [("train", rounds[i - 1])] if i else []
+        after = [("evaluate", rounds[i - 1])] if i else []
+        policy_side = [*before, *([("rollout", rounds[i + 1])] if i + 1 < len(rounds) else []), *after]
         steps.append([[("mine", r), ("qa", r), ("verify", r)], *([policy_side] if policy_side else [])])
-        steps.append([[("train", r)]])
-    steps.append([[("evaluate", rounds[-1])]])
+    steps += [[[("train", rounds[-1])]], [[("evaluate", rounds[-1])]]]
     return steps
 
 

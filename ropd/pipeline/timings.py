@@ -1,7 +1,8 @@
 """Where a stage's time goes, for the round-overhead figure: each completed stage appends one line to
 `<runs_dir>/.timings/<run>.jsonl` (beside the run directory, which DVC hashes).
 
-A line holds the stage function's own seconds; the named phases inside it that are not model work
+A line holds the stage function's start (epoch seconds) and own seconds, so the gaps between the stages an
+orchestrator runs are its bookkeeping; the named phases inside it that are not model work
 (loading and saving the policy, hashing its manifest); and, for the first stage a process runs, how long the
 process had lived before the stage began (interpreter start and imports: what a `ropd stage` command pays
 before any work). `bench/round_overhead.py` subtracts these from the wall time of a `dvc repro`.
@@ -54,12 +55,13 @@ def timed_stage(timings: Path, stage: str, r: int | None) -> Iterator[None]:
     _first_stage = False
     phases: dict[str, float] = {}
     token = _phases.set(phases)
+    started = time.time()
     t0 = time.perf_counter()
     try:
         yield
     finally:
         _phases.reset(token)
-    line = {"stage": stage, "round": r, "seconds": round(time.perf_counter() - t0, 3),
+    line = {"stage": stage, "round": r, "started": round(started, 3), "seconds": round(time.perf_counter() - t0, 3),
             "phases": {k: round(v, 3) for k, v in sorted(phases.items())}}
     if startup is not None:
         line["startup_s"] = round(startup, 3)

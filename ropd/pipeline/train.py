@@ -19,6 +19,7 @@ from ropd.pipeline.run import (
     write_json,
 )
 from ropd.pipeline.timings import phase
+from ropd.rng import seeded
 from ropd.teacher import TeacherIndex, fingerprint
 
 
@@ -57,8 +58,9 @@ def train(params: Params, r: int) -> None:
         samples = build_samples(learner.tokenizer, chats, rollouts, reward_map,
                                 scale_by_std=params.grpo.scale_adv_by_std,
                                 chat_template_kwargs=params.student.chat_template_kwargs)
-        try:
-            metrics = learner.train_round(samples)
+        try:  # seeded: dropout draws from torch's global generator, which a stage beside it may be sampling from
+            with seeded(params.grpo.seed * 1_000_003 + r):
+                metrics = learner.train_round(samples)
         except ValueError as exc:  # e.g. grpo.tis_cap on rollouts without sampler log-probs: name the round
             raise ValueError(f"round {r} ({rd / 'rollouts.parquet'}): {exc}") from exc
         with phase("policy_save"):
