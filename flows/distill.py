@@ -87,6 +87,7 @@ def _lineage(eff: Effective, params_file: str, run_params: Path, dvc: str) -> di
 def distill(params_file: str = "params.yaml", run_id: str | None = None, rounds: int | None = None,
             method: Method | None = None,
             lr: float | None = None, prompts_per_round: int | None = None, n: int | None = None,
+            overlap: bool | None = None, tis_cap: float | None = None,
             teacher: RoleOverride | None = None, rubricator: RoleOverride | None = None,
             verifier: RoleOverride | None = None) -> dict:
     """Teacher (and the white-box teacher when needed) and the judge check, then per round: rollout → mine →
@@ -95,6 +96,7 @@ def distill(params_file: str = "params.yaml", run_id: str | None = None, rounds:
     logger = get_run_logger()
     eff = effective(Path(params_file), RunOverrides(
         run_id=run_id, rounds=rounds, method=method, lr=lr, prompts_per_round=prompts_per_round, n=n,
+        overlap=overlap, tis_cap=tis_cap,
         teacher=teacher, rubricator=rubricator, verifier=verifier))  # a bad value fails the run here
     params = eff.params
     paths = RunPaths(params)

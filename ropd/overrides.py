@@ -44,6 +44,8 @@ class RunOverrides(BaseModel):
     lr: float | None = Field(default=None, description="the method's learning rate (grpo.lr, sft.lr or lopd.lr)")
     prompts_per_round: int | None = None
     n: int | None = Field(default=None, description="student rollouts per prompt")
+    overlap: bool | None = Field(default=None, description="judge round r while round r+1 samples (needs tis_cap)")
+    tis_cap: float | None = Field(default=None, description="grpo.tis_cap, the importance-ratio cap (paper: 2)")
     teacher: RoleOverride | None = None
     rubricator: RoleOverride | None = None
     verifier: RoleOverride | None = None
@@ -52,7 +54,8 @@ class RunOverrides(BaseModel):
         """The `dotted.key=value` assignments, values as JSON (which is YAML); run_id is left to `effective`."""
         keys: dict[str, Any] = {"rounds": self.rounds, "method": self.method,
                                 LR_KEY.get(self.method or method, "grpo.lr"): self.lr,
-                                "data.prompts_per_round": self.prompts_per_round, "student.sampling.n": self.n}
+                                "data.prompts_per_round": self.prompts_per_round, "student.sampling.n": self.n,
+                                "grpo.tis_cap": self.tis_cap, "overlap": self.overlap}
         for role, prefix in (("teacher", "teacher.role"), ("rubricator", "rubricator"), ("verifier", "verifier")):
             for field, value in (getattr(self, role) or RoleOverride()).model_dump().items():
                 keys[f"{prefix}.{field}"] = value
@@ -73,6 +76,8 @@ def effective(params_file: Path, overrides: RunOverrides) -> Effective:
     doc = load_doc(params_file)
     base = Params.model_validate(yaml.safe_load(render(doc, str(params_file))))
     sets = overrides.sets(base.method)
+    if overrides.overlap is not None and overrides.rounds is None:  # `dvc exp run -S` sets overlap alone, so the
+        sets.append(f"rounds={len(base.rounds)}")  # reproduction must also carry the rounds list that follows it
     for s in sets:
         apply_set(doc, s)
     source = f"{params_file} with the run's parameters ({', '.join(sets)})" if sets else str(params_file)

@@ -44,8 +44,8 @@ def test_the_form_has_a_typed_field_for_each_setting() -> None:
 
     schema = parameter_schema(distill).model_dump()
     props = schema["properties"]
-    assert {"params_file", "run_id", "rounds", "method", "lr", "prompts_per_round", "n", "teacher", "rubricator",
-            "verifier"} <= set(props)
+    assert {"params_file", "run_id", "rounds", "method", "lr", "prompts_per_round", "n", "overlap", "tis_cap",
+            "teacher", "rubricator", "verifier"} <= set(props)
     assert "integer" in json.dumps(props["n"]) and "number" in json.dumps(props["lr"])
     assert set(Params.model_fields["method"].annotation.__args__) <= set(json.dumps(props["method"]).split('"'))
     role = schema["definitions"]["RoleOverride"]["properties"]
@@ -83,6 +83,14 @@ def test_a_changed_run_gets_its_own_id_and_dvc_reproduces_it(params_file: Path) 
     assert Params.model_validate(yaml.safe_load(params_file.read_text())) == eff.params
     named = effective(params_file, RunOverrides(run_id="lr-sweep-1", lr=2e-6))
     assert named.params.run_id == "lr-sweep-1"
+    # overlap alone: each round's sampling policy follows it, and so must the `-S` reproduction
+    shutil.copy(ROOT / "params.yaml", params_file)
+    over = effective(params_file, RunOverrides(overlap=True, tis_cap=2.0))
+    assert [item.policy for item in over.params.rounds] == [0, 0] and over.params.grpo.tis_cap == 2.0
+    apply_overrides(params_file, shlex.split(dvc_exp_command(over))[4::2])
+    assert Params.model_validate(yaml.safe_load(params_file.read_text())) == over.params
+    with pytest.raises(ConfigError, match=r"set grpo\.tis_cap"):  # the file has no cap: the params check's words
+        effective(ROOT / "params.yaml", RunOverrides(overlap=True))
 
 
 def test_a_bad_value_fails_the_flow_run_at_once(params_file: Path, prefect_harness: None,
