@@ -60,8 +60,10 @@ def through_prefect(proj: Path, env: dict[str, str], timings: Path) -> tuple[flo
     its gaps between stages are Prefect's task bookkeeping plus the flow's own input hashing."""
     env = {**env, "PREFECT_HOME": str(proj / ".prefect"), "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
-    subprocess.run([sys.executable, str(ROOT / "flows" / "distill.py")], cwd=proj, check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, str(ROOT / "flows" / "distill.py")], cwd=proj, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the flow run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in timings.read_text().splitlines()]
     setup_end = max(s["started"] + s["seconds"] for s in lines if s["round"] is None and s["stage"] in SETUP)
     stages = sorted((s for s in lines if s["round"] == 0), key=lambda s: s["started"])

@@ -41,7 +41,14 @@ def write_dvclive(history: list[dict[str, Any]], out: Path) -> None:
     """The headline figures of every round, step = round, rewritten from scratch each time."""
     from dvclive import Live
 
-    with Live(dir=str(out), resume=False, save_dvc_exp=False, dvcyaml=None) as live:
+    class FilesOnly(Live):
+        def _init_dvc(self) -> None:
+            """No repository lookup: dvc.yaml already declares these files, and DVCLive's own lookup fails in a
+            git repository with no commit yet (scmrepo's SCMError escapes it) and runs `dvc init` in a git
+            repository without DVC."""
+            self._dvc_file = None
+
+    with FilesOnly(dir=str(out), resume=False, save_dvc_exp=False, dvcyaml=None) as live:
         for row in history:
             live.step = int(row["round"])
             for key in HEADLINE:

@@ -33,6 +33,23 @@ def test_dvclive_holds_the_headline_figures_per_round(tmp_path: Path) -> None:
     assert "reward_auc" not in json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.parametrize("dvc", [True, False], ids=["git-dvc-no-commit", "git-without-dvc"])
+def test_dvclive_needs_no_commit_and_touches_no_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          dvc: bool) -> None:
+    """`git init && dvc init && dvc repro` before a first commit: DVCLive's own repository lookup raised
+    "Empty git repo" in summarize; and in a git repository without DVC it ran `dvc init`."""
+    import subprocess
+    import sys
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    if dvc:
+        subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    write_dvclive(HISTORY, Path("dvclive"))
+    assert json.loads((tmp_path / "dvclive" / "metrics.json").read_text())["step"] == 1
+    assert (tmp_path / ".dvc").is_dir() == dvc
+
+
 @pytest.fixture
 def params(tmp_path: Path) -> Params:
     return Params.model_validate({"run_id": "trk", "tracking": {
