@@ -173,10 +173,26 @@ def test_sft_round(project: tuple[Path, ScriptedServer]) -> None:
     assert client.get_metric_history(child.info.run_id, "loss")  # the trainer's own per-step logs
 
 
-def test_lopd_round_with_a_white_box_teacher(project: tuple[Path, ScriptedServer]) -> None:
+def test_lopd_round_with_a_white_box_teacher(project: tuple[Path, ScriptedServer],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run with `tracking.backend: wandb` offline, so the run and the TRL trainer's round land in W&B's files."""
+    from tests.wandb_file import offline_runs
+
     root, srv = project
-    paths = run_method(root, srv, "lopd")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(root / "wb"))
+    (root / "wb").mkdir()
+    paths = run_method(root, srv, "lopd", {"tracking": {"backend": "wandb", "experiment": "ropd"}})
     metrics = check_common(paths, "lopd")
+    by_job = {run.job_type: run for run in offline_runs(root / "wb" / "wandb")}
+    assert set(by_job) == {"ropd", "train"} and {r.group for r in by_job.values()} == {"lopd"}
+    run = by_job["ropd"]
+    assert run.run_id == "lopd" and run.config["method"] == "lopd"
+    accuracy = json.loads((paths.round(0) / "eval.json").read_text())["accuracy"]
+    assert [(h["_step"], h["accuracy"]) for h in run.history] == [(0, accuracy)]
+    assert {"lopd.report.html", "round_0/qa.md"} <= run.files
+    trainer = by_job["train"]
+    assert trainer.config["learning_rate"] == 1e-4 and any("train/loss" in h for h in trainer.history)
     teacher_dir = paths.params.teacher_sft_dir
     manifest = json.loads((teacher_dir / "ropd_manifest.json").read_text())
     assert manifest["trained_by"] == "sft" and len(manifest["inputs"]) == 16

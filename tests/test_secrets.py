@@ -3,8 +3,8 @@
 The run is the Prefect flow (flows/distill.py) on a tiny project whose teacher, rubricator and verifier
 are the openai provider pointed at the scripted server, with `api_key_env` naming the canary's variable.
 Afterwards every byte is searched (UTF-8 and UTF-16): the project (run directory, tables, checkpoints,
-call cache, DVC files, DVCLive's files, the MLflow store and its artifacts), the DuckDB store, the HTML
-report, Prefect's result storage and its database, and everything logged or printed during the run;
+call cache, DVC files, DVCLive's files, the MLflow store and its artifacts, W&B's offline run), the DuckDB
+store, the HTML report, Prefect's result storage and its database, and everything logged or printed during the run;
 then the run's exports (`ropd export`, every format, with verdicts) and what the command printed. The
 server must have received the canary, so the test proves the key was really in use. Heavy: one full
 tiny run, 1 to 4 minutes depending on load.
@@ -66,6 +66,19 @@ def test_canary_key_is_stored_nowhere(tmp_path: Path, smollm2_dir: Path, prefect
     # the key was really used, by every role
     assert served >= {"teacher", "rubric", "verify"}
     assert sent == {auth_digest(f"Bearer {canary}")}
+
+    # W&B, the other tracker: the same run's report stage again, offline, with the key still in the environment
+    from ropd.params import load_params
+    from ropd.pipeline.summary import report
+    from tests.wandb_file import offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(proj / "wb"))
+    (proj / "wb").mkdir()
+    params = load_params(proj / "params.yaml")
+    report(params.model_copy(update={"tracking": params.tracking.model_copy(update={"backend": "wandb", "uri": None})}))
+    [wb] = offline_runs(proj / "wb" / "wandb")
+    assert "tiny.report.html" in wb.files and wb.history and wb.config["verifier"]["api_key_env"] == KEY_ENV
 
     from ropd.store.db import Store
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from ropd.params import Params
-from ropd.tracking import HEADLINE, publish_mlflow, write_dvclive
+from ropd.tracking import HEADLINE
+from ropd.tracking.dvclive_files import write_dvclive
+from ropd.tracking.mlflow_store import publish_mlflow
 
 HISTORY = [{"round": 0, "mean_reward": 0.25, "reward_auc": None, "accuracy": 0.0, "loss": 0.5, "judge_error_rate": 0.0},
            {"round": 1, "mean_reward": 0.5, "reward_auc": 0.75, "accuracy": 0.125, "loss": 0.25,
@@ -85,3 +87,35 @@ def test_mlflow_gets_params_rounds_as_steps_and_artifacts_once(tmp_path: Path, p
     publish_mlflow(changed, HISTORY, [])
     run = client.get_run(run_id)
     assert run.data.tags["ropd.params_changed"] == "grpo.lr" and run.data.params["grpo.lr"] == str(params.grpo.lr)
+
+
+def test_wandb_offline_run_holds_params_rounds_as_steps_and_artifacts(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.wandb_file import offline_runs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    params = Params.model_validate({"run_id": "trk", "tracking": {"backend": "wandb", "experiment": "ropd-test"}})
+    with pytest.raises(ValueError, match=r"tracking.uri 'sqlite:///mlflow.db' is not a W&B server"):
+        Params.model_validate({"tracking": {"backend": "wandb", "uri": "sqlite:///mlflow.db"}})
+    report = tmp_path / "trk.report.html"
+    report.write_text("<html>first</html>")
+    qa = tmp_path / "qa.md"
+    qa.write_text("# QA")
+    from ropd.tracking import publish
+
+    assert publish(params, HISTORY[:1], [(report, None), (qa, "round_0"), (tmp_path / "absent.md", None)]) == "trk"
+    report.write_text("<html>second</html>")
+    assert publish(params, HISTORY, [(report, None)]) == "trk"
+    first, newest = offline_runs(tmp_path / "wandb")
+    assert (newest.run_id, newest.project, newest.group, newest.job_type) == ("trk", "ropd-test", "trk", "ropd")
+    assert newest.config["grpo"]["lr"] == params.grpo.lr and "rounds" not in newest.config
+    # the newest offline copy is the whole run: every round once, the round as its step, a null AUC left out
+    steps = [(h["_step"], h["mean_reward"], h.get("reward_auc")) for h in newest.history]
+    assert steps == [(0, 0.25, None), (1, 0.5, 0.75)]
+    assert [h["_step"] for h in first.history] == [0]
+    assert {"trk.report.html", "round_0/qa.md"} <= first.files and "absent.md" not in first.files
+    # artifacts are copies: each offline run keeps the report it was given
+    assert (first.directory / "files" / "trk.report.html").read_text() == "<html>first</html>"
+    assert (newest.directory / "files" / "trk.report.html").read_text() == "<html>second</html>"
+    assert not (first.directory / "files" / "trk.report.html").is_symlink()

@@ -8,7 +8,8 @@ from typing import Any
 
 from ropd.params import Params
 from ropd.pipeline.run import RunPaths, write_json
-from ropd.tracking import publish_mlflow, write_dvclive
+from ropd.tracking import publish
+from ropd.tracking.dvclive_files import write_dvclive
 
 
 def summarize(params: Params) -> None:
@@ -30,13 +31,13 @@ def summarize(params: Params) -> None:
 
 
 def report(params: Params) -> None:
-    """The HTML report; then, with `tracking.backend: mlflow`, the run's params, history and report go to
-    MLflow (last, so the tracker gets the report the run ends with)."""
+    """The HTML report; then, with `tracking.backend` mlflow or wandb, the run's params, history and report go
+    to that tracker (last, so the tracker gets the report the run ends with)."""
     from ropd.store.report import write_report
 
     paths = RunPaths(params)
     write_report(paths.run, paths.report)
-    if params.tracking.backend == "mlflow":
+    if params.tracking.backend != "none":
         history = json.loads(paths.history.read_text())
         qa = [(paths.round(item.r) / "qa.md", f"round_{item.r}") for item in params.rounds]
-        publish_mlflow(params, history, [(paths.report, None), *qa])
+        publish(params, history, [(paths.report, None), *qa])
