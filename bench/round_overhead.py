@@ -17,7 +17,15 @@ With `--runner prefect` the project runs `python flows/distill.py` instead: ever
 process, so there is no process start per stage, and the orchestration is the gaps between the round's
 tasks (each stage line records its start), which is Prefect's task bookkeeping and the flow's input hashing.
 
-Last line: {"runner", "orchestration_share", "non_model_share", "wall_s", "breakdown_s": {...}}.
+Then, beside the round in the same run, it times the trackers' copies of the finished round (issue 16):
+DVCLive's files, an MLflow run in a SQLite store and an offline W&B run, each published three times from
+the run's real history, report and `qa.md`. The first call pays the tracker's import (for DVCLive, the
+first call is the whole `summarize` function, which imports and writes it); the later ones are a warm
+publish. Either is paid once per `report`, so its share of one round's wall time is an upper bound
+on what tracking costs a round.
+
+Last line: {"runner", "orchestration_share", "non_model_share", "wall_s", "breakdown_s": {...},
+"tracking_s": {tracker: {"first", "warm"}}, "tracking_share": {tracker: first / wall}}.
 """
 
 from __future__ import annotations
@@ -71,6 +79,60 @@ def through_prefect(proj: Path, env: dict[str, str], timings: Path) -> tuple[flo
     return wall, stages, {"prefect_task_bookkeeping": wall - sum(s["seconds"] for s in stages)}
 
 
+def tracker_seconds(proj: Path) -> dict[str, dict[str, float]]:
+    """Seconds to publish the finished round to each tracker: the first call (with its import), and the mean
+    of two more (warm). The trackers write under the temporary project and are read from the same history."""
+    from ropd.params import load_params
+    from ropd.pipeline.run import RunPaths
+    from ropd.pipeline.summary import report, summarize
+
+    cwd, saved = os.getcwd(), dict(os.environ)
+    os.chdir(proj)
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_DIR": str(proj), "WANDB_SILENT": "true"})
+    try:
+        params = load_params(proj / "params.yaml")  # tracking.backend: none, as params.yaml ships
+        t0 = time.perf_counter()
+        summarize(params)  # the history and DVCLive's files: DVCLive's first call, with its import
+        first_dvclive = time.perf_counter() - t0
+        report(params)  # the round's real report: the artifact the trackers are given
+        paths = RunPaths(params)
+        history = json.loads(paths.history.read_text())
+        artifacts = [(paths.report, None), (paths.round(0) / "qa.md", "round_0")]
+        from ropd.tracking.dvclive_files import write_dvclive
+
+        def with_backend(backend: str, uri: str | None):
+            return params.model_copy(update={"tracking": params.tracking.model_copy(
+                update={"backend": backend, "uri": uri})})
+
+        mlflow_params = with_backend("mlflow", f"sqlite:///{proj / 'mlflow.db'}")
+        wandb_params = with_backend("wandb", None)
+
+        def publish_mlflow() -> None:
+            from ropd.tracking.mlflow_store import publish_mlflow as publish
+
+            publish(mlflow_params, history, artifacts)
+
+        def publish_wandb() -> None:
+            from ropd.tracking.wandb_run import publish_wandb as publish
+
+            publish(wandb_params, history, artifacts)
+
+        out = {}
+        for name, call in (("dvclive", lambda: write_dvclive(history, proj / "dvclive")),
+                           ("mlflow", publish_mlflow), ("wandb", publish_wandb)):
+            seconds = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                call()
+                seconds.append(time.perf_counter() - t0)
+            out[name] = {"first": first_dvclive if name == "dvclive" else seconds[0], "warm": sum(seconds[1:]) / 2}
+        return out
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=8)
@@ -103,6 +165,7 @@ def main() -> None:
                 subprocess.run(cmd, cwd=proj, check=True, env=env)
             timings = proj / "data" / "runs" / ".timings" / "bench.jsonl"
             wall, stages, orchestration = (through_dvc if args.runner == "dvc" else through_prefect)(proj, env, timings)
+            trackers = tracker_seconds(proj)
     finally:
         if server is not None:
             stop_server(server)
@@ -120,9 +183,14 @@ def main() -> None:
     print(f"round wall time through {args.runner}: {wall:.1f} s; model work {model:.1f} s; not model work:")
     for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<28} {v:7.1f} s  {v / wall:6.1%}")
+    print("publishing the finished round to a tracker (first call with its import; warm):")
+    for k, v in trackers.items():
+        print(f"  {k:<10} {v['first']:6.2f} s  {v['first'] / wall:6.2%} of the round;  warm {v['warm']:5.2f} s")
     print(json.dumps({"runner": args.runner, "judge": args.judge, "orchestration_share": round(1 - stage_s / wall, 4),
                       "non_model_share": round(1 - model / wall, 4), "wall_s": round(wall, 1),
-                      "model_s": round(model, 1), "breakdown_s": {k: round(v, 2) for k, v in breakdown.items()}}))
+                      "model_s": round(model, 1), "breakdown_s": {k: round(v, 2) for k, v in breakdown.items()},
+                      "tracking_s": {k: {m: round(x, 3) for m, x in v.items()} for k, v in trackers.items()},
+                      "tracking_share": {k: round(v["first"] / wall, 4) for k, v in trackers.items()}}))
 
 
 if __name__ == "__main__":
