@@ -33,12 +33,14 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from ropd.io import atomic_write_text
 from ropd.overrides import Effective, Method, RoleOverride, RunOverrides, dvc_exp_command, effective
-from ropd.params import Params, load_params
+from ropd.params import ConfigError, Params, load_params
 from ropd.pipeline.dag import content_hash, params_digest, stage_io
 from ropd.pipeline.lock import run_lock
+from ropd.pipeline.run import RunStop
 from ropd.pipeline.stages import SETUP_STAGES, RunPaths, round_steps, run_stage, side_by_side
 
 LLM_STAGES = {"teacher", "judge_check", "mine", "verify", "evaluate"}
@@ -57,10 +59,17 @@ def final_task(name: str, params_file: str) -> None:
     run_stage(load_params(params_file), name)
 
 
+def _not_a_stop(task: object, task_run: object, state: State) -> bool:
+    """Retry a judge stage's fault, not a clean stop (quality gate, budget, judge check): a stop is a verdict,
+    and a retry would only wait and reach it again."""
+    return not isinstance(state.data, RunStop)
+
+
 def _run(params: Params, params_file: str, name: str, r: int | None = None) -> None:
     deps, outs = stage_io(params, name, r)
     key = f"{content_hash(deps)}-{params_digest(params, name)}"  # the params this stage reads, as DVC keys it
-    opts = {"retries": 2, "retry_delay_seconds": 10, "tags": ["llm-judge"]} if name in LLM_STAGES else {}
+    opts = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": _not_a_stop,
+            "tags": ["llm-judge"]} if name in LLM_STAGES else {}
     t = stage_task.with_options(**opts)
     got = t(name, r, params_file, key)
     if got != content_hash(outs):  # cached, but the files on disk are not what that run wrote
@@ -89,15 +98,27 @@ def distill(params_file: str = "params.yaml", run_id: str | None = None, rounds:
             lr: float | None = None, prompts_per_round: int | None = None, n: int | None = None,
             overlap: bool | None = None, tis_cap: float | None = None,
             teacher: RoleOverride | None = None, rubricator: RoleOverride | None = None,
-            verifier: RoleOverride | None = None) -> dict:
+            verifier: RoleOverride | None = None) -> dict | State:
     """Teacher (and the white-box teacher when needed) and the judge check, then per round: rollout → mine →
-    qa → verify → train → evaluate; then summary and report. An enforced judge-check FAIL fails the flow run
-    before round 0. Every parameter but params_file is applied on top of that file; unset ones keep its values."""
+    qa → verify → train → evaluate; then summary and report. Every parameter but params_file is applied on top
+    of that file; unset ones keep its values.
+
+    A bad value, or a clean stop (quality gate, budget, an enforced judge-check FAIL), ends the flow run in a
+    Failed state whose message is the reason, so the UI shows why rather than a traceback."""
     logger = get_run_logger()
-    eff = effective(Path(params_file), RunOverrides(
-        run_id=run_id, rounds=rounds, method=method, lr=lr, prompts_per_round=prompts_per_round, n=n,
-        overlap=overlap, tis_cap=tis_cap,
-        teacher=teacher, rubricator=rubricator, verifier=verifier))  # a bad value fails the run here
+    try:
+        eff = effective(Path(params_file), RunOverrides(
+            run_id=run_id, rounds=rounds, method=method, lr=lr, prompts_per_round=prompts_per_round, n=n,
+            overlap=overlap, tis_cap=tis_cap,
+            teacher=teacher, rubricator=rubricator, verifier=verifier))  # a bad value fails the run here
+        return _distill(eff, params_file)
+    except (ConfigError, RunStop) as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc))
+
+
+def _distill(eff: Effective, params_file: str) -> dict:
+    logger = get_run_logger()
     params = eff.params
     paths = RunPaths(params)
     if eff.sets:

@@ -128,7 +128,10 @@ def test_packaged_judge_gets_a_figure(smollm2_dir: Path, tmp_path: Path) -> None
 
 
 # -- in the pipeline -------------------------------------------------------------------------------------
-def test_enforced_fail_stops_before_round_0(tmp_path: Path, smollm2_dir: Path) -> None:
+def test_enforced_fail_stops_before_round_0(tmp_path: Path, smollm2_dir: Path, prefect_harness: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `ropd run` (exit 3) and under the Prefect flow: a Failed flow run whose message is the reason,
+    with the judge check run once (a clean stop is not retried like a judge fault)."""
     with ScriptedServer(noise=0.5) as srv:
         proj = make_project(tmp_path, srv.base_url, smollm2_dir.parent,
                             {"judge_check": {"prompts": 2, "enforce": True}})
@@ -136,6 +139,24 @@ def test_enforced_fail_stops_before_round_0(tmp_path: Path, smollm2_dir: Path) -
                               env=project_env(), timeout=600)
         by_hand = subprocess.run([str(BIN / "ropd"), "stage", "rollout", "--round", "0"], cwd=proj,
                                  capture_output=True, text=True, env=project_env(), timeout=600)
+        monkeypatch.chdir(proj)
+        from flows.distill import distill
+
+        state = distill("params.yaml", return_state=True)
+    assert state.is_failed() and state.message.startswith("judge check FAILED"), state.message
+    assert "Traceback" not in state.message
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def task_runs() -> list:
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+
+    [check] = [t for t in asyncio.run(task_runs()) if t.name.startswith("judge_check")]
+    assert check.run_count == 1 and check.state.is_failed()
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert by_hand.returncode == 2 and "judge check has not passed" in by_hand.stdout, by_hand.stdout[-2000:]
     run = proj / "data" / "runs" / "tiny"

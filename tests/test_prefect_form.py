@@ -101,6 +101,7 @@ def test_a_bad_value_fails_the_flow_run_at_once(params_file: Path, prefect_harne
     state = distill(str(params_file), n=0, return_state=True)
     assert state.is_failed()
     assert "student.sampling.n: Input should be greater than or equal to 1 (got 0)" in state.message
+    assert not state.message.startswith("Flow run encountered an exception")  # the reason, not a wrapped exception
     assert not (params_file.parent / "data").exists()  # nothing started
 
 
