@@ -1,7 +1,15 @@
-"""Serve the distillation flow as a deployment, so runs can be scheduled and started from the Prefect UI.
+"""Deploy the distillation flow, so runs can be scheduled and started from the Prefect UI.
 
     prefect server start &                                   # the UI at http://127.0.0.1:4200
-    PREFECT_API_URL=http://127.0.0.1:4200/api python flows/deploy.py --cron "0 3 * * *"
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python flows/deploy.py --cron "0 3 * * *"                # serve: runs execute in this process
+    python flows/deploy.py --pool gpu                        # or deploy to a `process` work pool, and on
+    prefect worker start --pool gpu                          # each machine that should run them, a worker
+
+Served, the runs execute inside the serving process. Deployed to a work pool, each run executes in a
+fresh process on whichever machine runs a worker of the pool, in the project directory given by
+`--source` (this checkout by default, so a worker elsewhere needs it at the same path; or a git URL,
+which the worker clones for each run).
 
 The UI shows the flow's parameters as a form (run id, rounds, method, learning rate, each role's model,
 endpoint and reasoning effort, prompts per round, n), applied on top of `--params`. Serving also creates
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -24,6 +33,26 @@ from prefect.exceptions import ObjectNotFound
 from flows.distill import distill
 
 JUDGE_TAG = "llm-judge"
+ROOT = Path(__file__).resolve().parent.parent
+DESCRIPTION = "Rubric-based on-policy distillation, one run per call"
+
+
+async def ensure_process_pool(name: str) -> None:
+    """The work pool a deployment targets must exist before `deploy`; a worker's `--type process` is the same."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+def deploy_to_pool(pool: str, name: str, source: str, cron: str | None, parameters: dict) -> str:
+    """`flow.deploy` to a `process` work pool, from `source` (a directory or a git URL); returns the deployment id."""
+    asyncio.run(ensure_process_pool(pool))
+    remote = distill.from_source(source=source, entrypoint="flows/distill.py:distill")
+    return str(remote.deploy(name=name, work_pool_name=pool, cron=cron, parameters=parameters, tags=["ropd"],
+                             description=DESCRIPTION, print_next_steps=False))
 
 
 async def ensure_judge_limit(slots: int | None) -> int:
@@ -40,16 +69,25 @@ async def ensure_judge_limit(slots: int | None) -> int:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="serve the ropd-distill deployment")
+    ap = argparse.ArgumentParser(description="serve the ropd-distill deployment, or deploy it to a work pool")
     ap.add_argument("--name", default="ropd-distill")
     ap.add_argument("--cron", default=None, help="cron schedule, e.g. '0 3 * * *'; none = start runs from the UI")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--judge-slots", type=int, default=None,
                     help="judge stages at once across all runs (the llm-judge tag limit); default: keep, else 1")
+    ap.add_argument("--pool", default=None, help="deploy to this `process` work pool (created if missing) "
+                                                 "instead of serving; start workers with `prefect worker start`")
+    ap.add_argument("--source", default=str(ROOT), help="with --pool: the project a worker runs the flow from, "
+                                                       "a directory or a git URL (default: this checkout)")
     args = ap.parse_args()
     if args.judge_slots is not None and args.judge_slots < 1:
         ap.error("--judge-slots: at least 1 (0 would abort every judge stage)")
     limit = asyncio.run(ensure_judge_limit(args.judge_slots))
     print(f"concurrency limit {JUDGE_TAG!r}: {limit} at a time")
-    distill.serve(name=args.name, cron=args.cron, parameters={"params_file": args.params},
-                  tags=["ropd"], description="Rubric-based on-policy distillation, one run per call")
+    if args.pool:
+        deployment = deploy_to_pool(args.pool, args.name, args.source, args.cron, {"params_file": args.params})
+        print(f"deployment {deployment} in work pool {args.pool!r}; start a worker: prefect worker start --pool "
+              f"{args.pool}")
+    else:
+        distill.serve(name=args.name, cron=args.cron, parameters={"params_file": args.params},
+                      tags=["ropd"], description=DESCRIPTION)

@@ -125,3 +125,42 @@ def test_serving_creates_or_keeps_the_judge_limit(prefect_harness: None) -> None
     assert asyncio.run(ensure_judge_limit(3)) == 3 and asyncio.run(limit()) == 3  # set as asked
     assert asyncio.run(ensure_judge_limit(None)) == 3 and asyncio.run(limit()) == 3  # kept when not asked
     asyncio.run(clear())
+
+
+def test_a_work_pool_worker_runs_the_deployment_with_the_forms_values(tmp_path: Path, smollm2_dir: Path,
+                                                                     prefect_harness: None) -> None:
+    """`flows/deploy.py --pool` deploys to a `process` work pool, and `prefect worker start` runs a flow run
+    created through the API with changed values, in a process of its own, in the project. The judge check is
+    enforced against a coin-flip judge, so the run ends early and cheaply: Failed, with the reason as its
+    message, after writing its effective params."""
+    import subprocess
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from ropd.testing.server import ScriptedServer
+    from tests.tiny import BIN, make_project, project_env
+
+    with ScriptedServer(noise=0.5) as srv:
+        proj = make_project(tmp_path, srv.base_url, smollm2_dir.parent,
+                            {"judge_check": {"prompts": 2, "enforce": True}})
+        env = {**project_env(), "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        deployed = subprocess.run([sys.executable, "flows/deploy.py", "--pool", "tiny-pool", "--name", "tiny"],
+                                  cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+        assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
+        assert "work pool 'tiny-pool'" in deployed.stdout
+        run = run_deployment("ropd-distill/tiny", parameters={"run_id": "from-pool", "lr": 3e-6}, timeout=0)
+        worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "tiny-pool", "--run-once"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+    async def final() -> object:
+        async with get_client() as client:
+            return (await client.read_flow_run(run.id)).state
+
+    state = asyncio.run(final())
+    assert state.is_failed() and state.message.startswith("judge check FAILED"), (state, worker.stdout[-3000:])
+    effective_params = yaml.safe_load((proj / "data" / "runs" / "from-pool" / "params.yaml").read_text())
+    assert effective_params["run_id"] == "from-pool" and effective_params["grpo"]["lr"] == 3e-6
+    assert not (proj / "data" / "runs" / "from-pool" / "round_0").exists()
