@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -98,3 +100,29 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.test_store_fixtures import write_run
 
     return write_run(tmp_path_factory.mktemp("finished") / "runs", "demo")
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium, installed by apt when missing (needs root); the tests skip only if that fails."""
+    if not CHROMIUM.exists():
+        if os.geteuid() != 0:
+            pytest.skip("chromium is not at /usr/bin/chromium and installing it needs root")
+        proc = subprocess.run("apt-get update && apt-get install -y chromium", shell=True, capture_output=True,
+                              text=True, timeout=1200, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if proc.returncode != 0 or not CHROMIUM.exists():
+            pytest.skip(f"installing chromium with apt-get failed (exit {proc.returncode}): {proc.stderr[-400:]}")
+    return CHROMIUM
+
+
+def browse(chromium: Path, tmp: Path, *args: str, size: str = "1200,900", timeout: int = 90) -> str:
+    """Headless Chromium on one page (--dump-dom, --screenshot=…): what it printed."""
+    proc = subprocess.run([str(chromium), *FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--window-size={size}",
+                           *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import struct
-import subprocess
 import time
 import zlib
 from html.parser import HTMLParser
@@ -16,31 +14,8 @@ from pathlib import Path
 import pytest
 
 from ropd.store.report import SCRIPT, STYLE, write_report
+from tests.conftest import browse
 from tests.test_store_fixtures import RUN_ID, XSS, good_rubric, many_prompts, write_prompts, write_round, write_run
-
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's chromium, installed by apt when missing (needs root); the tests skip only if that fails."""
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip("chromium is not at /usr/bin/chromium and installing it needs root")
-        proc = subprocess.run("apt-get update && apt-get install -y chromium", shell=True, capture_output=True,
-                              text=True, timeout=1200, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if proc.returncode != 0 or not CHROMIUM.exists():
-            pytest.skip(f"installing chromium with apt-get failed (exit {proc.returncode}): {proc.stderr[-400:]}")
-    return CHROMIUM
-
-
-def browse(chromium: Path, tmp: Path, *args: str) -> str:
-    proc = subprocess.run([str(chromium), *FLAGS, f"--user-data-dir={tmp / 'profile'}", "--window-size=1200,900",
-                           *args], capture_output=True, text=True, timeout=90)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 @pytest.fixture(scope="module")
