@@ -144,6 +144,23 @@ def test_static_rubric_round_verifies_against_an_exported_set(project: tuple[Pat
     run_stage(Params.model_validate(negative), "mine", 0)
     kept = pd.read_parquet(rd / "criteria.parquet").query("prompt_id == @missing")["text"].tolist()
     assert kept == [c["criterion"] for c in json.loads(lines[0])["rubrics"]]  # the penalising one left out
+    # A hand-written HealthBench file: no prompt_id (matched by the conversation), no category tags (the
+    # default category), and a penalising criterion brought in by the abs_capped mapping.
+    prompts = pd.read_parquet(paths.prompts).query("round == 0")
+    criteria = ["Gives exactly one final answer", "Uses every quantity in the question",
+                "Gets the arithmetic right", "Shows at least two steps of working", "Stays under 120 words"]
+    (root / "handwritten.jsonl").write_text("".join(json.dumps({
+        "prompt": json.loads(m), "ideal_completions_data": None, "example_tags": ["theme:arithmetic"],
+        "rubrics": [*({"criterion": c, "points": 5 - i, "tags": ["axis:accuracy"]} for i, c in enumerate(criteria)),
+                    {"criterion": "Hedges with maybe or probably", "points": -2, "tags": []}]}) + "\n"
+        for m in prompts["messages"]))
+    run_stage(Params.model_validate({**data, "static_rubric": {
+        "file": str(root / "handwritten.jsonl"), "mapping": "abs_capped", "default_category": "task_fulfilment"}}),
+        "mine", 0)
+    mined_by_hand = pd.read_parquet(rd / "criteria.parquet")
+    assert set(mined_by_hand["prompt_id"]) == set(prompts["prompt_id"])  # matched by the conversation's content id
+    assert (mined_by_hand["text"] == "Avoids the following: Hedges with maybe or probably").sum() == len(prompts)
+    assert mined_by_hand["points"].between(1, 5).all() and (mined_by_hand["category"] == "task_fulfilment").all()
 
 
 def test_sft_round(project: tuple[Path, ScriptedServer]) -> None:

@@ -108,36 +108,6 @@ def test_dvc_repro_end_to_end(tmp_path: Path, judge: ScriptedServer, smollm2_dir
     assert [row["round"] for row in json.loads((proj / "data" / "runs" / "tiny.history.json").read_text())] == [0, 1]
 
 
-def test_dvc_repro_static_rubric_from_a_healthbench_file(tmp_path: Path, judge: ScriptedServer,
-                                                         smollm2_dir: Path) -> None:
-    """method static_rubric under DVC, on a hand-written HealthBench file: no prompt_id (matched by the
-    conversation), no category tags, and a penalising criterion brought in by the abs_capped mapping."""
-    proj = make_project(tmp_path, judge.base_url, smollm2_dir.parent, {
-        "method": "static_rubric", "static_rubric": {"file": "rubrics/set.jsonl", "mapping": "abs_capped",
-                                                     "default_category": "task_fulfilment"}})
-    dvc(proj, "repro", "prepare")
-    run = proj / "data" / "runs" / "tiny"
-    prompts = pd.read_parquet(run / "prompts.parquet").query("round == 0")
-    criteria = ["Gives exactly one final answer", "Uses every quantity in the question",
-                "Gets the arithmetic right", "Shows at least two steps of working", "Stays under 120 words"]
-    (proj / "rubrics").mkdir()
-    (proj / "rubrics" / "set.jsonl").write_text("".join(json.dumps({
-        "prompt": json.loads(m), "ideal_completions_data": None, "example_tags": ["theme:arithmetic"],
-        "rubrics": [*({"criterion": c, "points": 5 - i, "tags": ["axis:accuracy"]} for i, c in enumerate(criteria)),
-                    {"criterion": "Hedges with maybe or probably", "points": -2, "tags": []}]}) + "\n"
-        for m in prompts["messages"]))
-    subprocess.run(["git", "add", "-A"], cwd=proj, check=True)
-    dvc(proj, "repro")
-    rd = run / "round_0"
-    mined = pd.read_parquet(rd / "criteria.parquet")
-    assert set(mined["prompt_id"]) == set(prompts["prompt_id"])  # matched by the conversation's content id
-    assert (mined["text"] == "Avoids the following: Hedges with maybe or probably").sum() == 2
-    assert mined["points"].between(1, 5).all() and (mined["category"] == "task_fulfilment").all()
-    assert pd.read_parquet(rd / "rubrics.parquet")["rubricator_fingerprint"].str.startswith("static:").all()
-    check_outputs(proj)
-    assert "up to date" in dvc(proj, "status")  # a change of static_rubric reruns from mine (dvc.yaml's params)
-
-
 @pytest.fixture
 def noisy_judge() -> Iterator[ScriptedServer]:
     """Verdicts flipped at ε = 0.3: a group's rewards differ, so every round's update moves the policy."""
