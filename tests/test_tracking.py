@@ -119,3 +119,43 @@ def test_wandb_offline_run_holds_params_rounds_as_steps_and_artifacts(tmp_path: 
     assert (first.directory / "files" / "trk.report.html").read_text() == "<html>first</html>"
     assert (newest.directory / "files" / "trk.report.html").read_text() == "<html>second</html>"
     assert not (first.directory / "files" / "trk.report.html").is_symlink()
+
+
+def test_an_evaluated_round_reaches_the_tracker_at_once_and_a_dead_tracker_only_warns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A long run shows in MLflow while it trains: `evaluate` publishes its round (the skip branch of
+    eval.every here, so no policy is needed). A tracker that is down costs a warning, not the round."""
+    from mlflow import MlflowClient
+
+    from ropd.params import round_items
+    from ropd.pipeline.evaluate import evaluate
+    from ropd.pipeline.run import RunPaths
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = Params.model_validate({"run_id": "live", "rounds": round_items(2), "eval": {"every": 1000},
+                                    "tracking": {"backend": "mlflow", "uri": store, "experiment": "live"}})
+    rd = RunPaths(params).round(0)
+    rd.mkdir(parents=True)
+    RunPaths(params).checkpoint(0).parent.mkdir()  # a run's checkpoints directory, which the sweep reads
+    (rd / "train_metrics.json").write_text(json.dumps({"round": 0, "mean_reward": 0.25, "loss": 0.5}))
+    (rd / "qa.md").write_text("# QA")
+    evaluate(params, 0)
+    client = MlflowClient(tracking_uri=store)
+    [run] = client.search_runs([client.get_experiment_by_name("live").experiment_id], "tags.`ropd.run_id` = 'live'")
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "mean_reward")] == [(0, 0.25)]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"round_0"}
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    dead = params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": "http://127.0.0.1:9"})})
+    (rd / "eval.json").unlink()
+    evaluate(dead, 0)
+    assert (rd / "eval.json").is_file()
+    assert "tracking.backend mlflow: rounds up to 0 not published yet" in caplog.text
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # nobody watches an offline run live: left to `report`
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    evaluate(params.model_copy(update={"tracking": params.tracking.model_copy(update={
+        "backend": "wandb", "uri": None})}), 0)
+    assert not (tmp_path / "wb" / "wandb").exists()
