@@ -21,8 +21,9 @@ Then, beside the round in the same run, it times the trackers' copies of the fin
 DVCLive's files, an MLflow run in a SQLite store and an offline W&B run, each published three times from
 the run's real history, report and `qa.md`. The first call pays the tracker's import (for DVCLive, the
 first call is the whole `summarize` function, which imports and writes it); the later ones are a warm
-publish. Either is paid once per `report`, so its share of one round's wall time is an upper bound
-on what tracking costs a round.
+publish. Under `dvc repro` each round's `evaluate` is a process of its own that publishes the round, so
+the first call's share of one round's wall time is what tracking costs a round there; the flow and
+`ropd run` pay it once per run, then the warm call.
 
 Last line: {"runner", "orchestration_share", "non_model_share", "wall_s", "breakdown_s": {...},
 "tracking_s": {tracker: {"first", "warm"}}, "tracking_share": {tracker: first / wall}}.
@@ -98,6 +99,7 @@ def tracker_seconds(proj: Path) -> dict[str, dict[str, float]]:
         paths = RunPaths(params)
         history = json.loads(paths.history.read_text())
         artifacts = [(paths.report, None), (paths.round(0) / "qa.md", "round_0")]
+        from ropd.tracking import publish
         from ropd.tracking.dvclive_files import write_dvclive
 
         def with_backend(backend: str, uri: str | None):
@@ -106,20 +108,10 @@ def tracker_seconds(proj: Path) -> dict[str, dict[str, float]]:
 
         mlflow_params = with_backend("mlflow", f"sqlite:///{proj / 'mlflow.db'}")
         wandb_params = with_backend("wandb", None)
-
-        def publish_mlflow() -> None:
-            from ropd.tracking.mlflow_store import publish_mlflow as publish
-
-            publish(mlflow_params, history, artifacts)
-
-        def publish_wandb() -> None:
-            from ropd.tracking.wandb_run import publish_wandb as publish
-
-            publish(wandb_params, history, artifacts)
-
         out = {}
         for name, call in (("dvclive", lambda: write_dvclive(history, proj / "dvclive")),
-                           ("mlflow", publish_mlflow), ("wandb", publish_wandb)):
+                           ("mlflow", lambda: publish(mlflow_params, history, artifacts)),
+                           ("wandb", lambda: publish(wandb_params, history, artifacts))):
             seconds = []
             for _ in range(3):
                 t0 = time.perf_counter()
