@@ -39,8 +39,9 @@ def publish_wandb(params: Any, history: list[dict[str, Any]], artifacts: list[tu
                      group=params.run_id, job_type="ropd", resume="allow", settings=_settings(wandb, cfg))
     try:
         run.config.update(params.model_dump(mode="json", exclude={"rounds"}), allow_val_change=True)
+        first = run.step  # a resumed run's next step (a call into W&B's service each time it is read)
         for row in history:
-            if int(row["round"]) >= run.step:
+            if int(row["round"]) >= first:
                 run.log(round_metrics(row), step=int(row["round"]))
         for path, where in artifacts:
             if path.is_file():
