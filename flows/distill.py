@@ -40,6 +40,7 @@ from ropd.overrides import Effective, Method, RoleOverride, RunOverrides, dvc_ex
 from ropd.params import ConfigError, Params, load_params
 from ropd.pipeline.dag import content_hash, params_digest, stage_io
 from ropd.pipeline.lock import run_lock
+from ropd.pipeline.resident import policy_in_memory
 from ropd.pipeline.run import RunStop
 from ropd.pipeline.stages import SETUP_STAGES, RunPaths, round_steps, run_stage, side_by_side
 
@@ -133,10 +134,11 @@ def _distill(eff: Effective, params_file: str) -> dict:
         progress = create_progress_artifact(0.0, key=f"{params.run_id}-progress",
                                             description="rounds completed")
         done: set[int] = set()
-        for step in round_steps(params):  # with overlap, a round is judged while the next one samples
-            side_by_side(step, lambda name, r: _run(params, stage_file, name, r))
-            done |= {r for lane in step for name, r in lane if name == "evaluate"}
-            update_progress_artifact(progress, 100.0 * len(done) / len(params.rounds))
+        with policy_in_memory(params.checkpoints.in_memory):  # the tasks hand the policy on, not reload it
+            for step in round_steps(params):  # with overlap, a round is judged while the next one samples
+                side_by_side(step, lambda name, r: _run(params, stage_file, name, r))
+                done |= {r for lane in step for name, r in lane if name == "evaluate"}
+                update_progress_artifact(progress, 100.0 * len(done) / len(params.rounds))
         final_task("summarize", stage_file)
         final_task("report", stage_file)
         history = json.loads(paths.history.read_text())

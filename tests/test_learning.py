@@ -51,7 +51,7 @@ def mean_reward(params: Params, checkpoint: Path, prompts: pd.DataFrame, base_ur
 
 
 @pytest.fixture(scope="module")
-def learned(module_tmp: Path, smollm2_dir: Path) -> tuple[float, float, list[dict]]:
+def learned(module_tmp: Path, smollm2_dir: Path) -> tuple[float, float, list[dict], list[dict]]:
     from ropd.pipeline.stages import RunPaths, run_all
 
     with ScriptedServer() as srv:
@@ -78,12 +78,23 @@ def learned(module_tmp: Path, smollm2_dir: Path) -> tuple[float, float, list[dic
         finally:
             os.chdir(cwd)
     metrics = [json.loads((paths.round(r) / "train_metrics.json").read_text()) for r in range(ROUNDS)]
-    return before, after, metrics
+    stages = [json.loads(line) for line in (module_tmp / "runs" / ".timings" / "tiny.jsonl").read_text().splitlines()]
+    return before, after, metrics, stages
 
 
-def test_rule_judge_rewards_raise_the_reward_on_the_training_prompts(learned: tuple[float, float, list[dict]]
-                                                                     ) -> None:
-    before, after, metrics = learned
+def test_rule_judge_rewards_raise_the_reward_on_the_training_prompts(
+        learned: tuple[float, float, list[dict], list[dict]]) -> None:
+    before, after, metrics, _ = learned
     print(f"mean reward on the training prompts: before {before:.4f}, after {ROUNDS} rounds {after:.4f}")
     assert after >= before + 0.05, (before, after)
     assert all(m["grad_norm"] > 0 and m["steps"] == PROMPTS for m in metrics), metrics  # every round's update acted
+
+
+def test_a_run_loads_the_policy_from_disk_once(learned: tuple[float, float, list[dict], list[dict]]) -> None:
+    """`ropd run` hands the policy from stage to stage (checkpoints.in_memory): of its 3 rounds' rollout, train
+    and evaluate stages only the first rollout loads one, and every update still writes its checkpoint."""
+    *_, stages = learned
+    loads = [(s["stage"], s["round"]) for s in stages if "policy_load" in s["phases"]]
+    saves = [(s["stage"], s["round"]) for s in stages if "policy_save" in s["phases"]]
+    assert loads == [("rollout", 0)], loads
+    assert saves == [("train", r) for r in range(ROUNDS)], saves

@@ -8,8 +8,8 @@ from pathlib import Path
 from ropd.eval.harness import EvalResult
 from ropd.llm.base import ChatModel
 from ropd.params import Params
+from ropd.pipeline.resident import learner_config, sampling_policy
 from ropd.pipeline.run import RunPaths, judge_questions, messages, read_prompts, teacher_role, with_chats
-from ropd.pipeline.timings import phase
 from ropd.rubric.engine import GroupResult
 from ropd.teacher import TeacherIndex, fingerprint
 
@@ -22,21 +22,20 @@ def evaluate_checkpoint(params: Params, checkpoint: Path) -> EvalResult:
     from ropd.eval.harness import eval_groups, summarize
     from ropd.rollout.hf_sampler import TransformersSampler
     from ropd.rubric.engine import score_group
-    from ropd.train.grpo import load_policy
 
     paths = RunPaths(params)
     if not paths.prompts.is_file():
         raise ValueError(f"{paths.prompts} is missing: the held-out split is chosen by `ropd stage prepare`")
     prompts = read_prompts(paths)
     held = prompts[prompts["split"] == "eval"].head(params.eval.n_prompts)
-    with phase("policy_load"):
-        model, tokenizer = load_policy(checkpoint, params.student.device)
     e = params.eval
     sampling = params.student.sampling.model_copy(update={"n": e.k, "temperature": e.temperature,
                                                           "max_new_tokens": e.max_new_tokens, "seed": 10_000})
-    samples = TransformersSampler(model, tokenizer, params.student.device, params.student.chat_template_kwargs).sample(
-        {row["prompt_id"]: messages(row) for _, row in held.iterrows()}, sampling)
-    del model
+    device = params.student.device
+    with sampling_policy(checkpoint, device, learner_config(params)) as (model, tokenizer):
+        samples = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs).sample(
+            {row["prompt_id"]: messages(row) for _, row in held.iterrows()}, sampling)
+    del model  # a policy loaded for this evaluation only is freed before the judge runs
     refs = {str(k): str(v) for k, v in held.set_index("prompt_id")["reference_answer"].items()}
     teacher: dict[str, list[str]] = {}
     if e.rubric_prompts and paths.teacher.is_file():

@@ -41,6 +41,9 @@ class CheckpointParams(BaseModel):
     optimizer: Literal["newest", "all"] = Field(default="newest", description="which rounds keep their AdamW "
                                                 "state (2× the fp32 weights); a rerun from an older round without "
                                                 "it starts AdamW afresh")
+    in_memory: bool = Field(default=True, description="`ropd run` and the Prefect flow keep the policy in "
+                            "memory from stage to stage instead of loading it again for rollout, train and evaluate; "
+                            "false frees its memory (an accelerator shared with an in-process judge) while judging")
 
 
 class PrunedCheckpoint(ValueError):

@@ -10,13 +10,12 @@ from ropd.params import Params
 from ropd.pipeline.data import pool_too_small
 from ropd.pipeline.launch import is_main, process_device, rank_world
 from ropd.pipeline.lock import run_lock
+from ropd.pipeline.resident import learner_config, sampling_policy
 from ropd.pipeline.run import RunPaths, messages, not_used, read_prompts, require_policy
-from ropd.pipeline.timings import phase
 
 
 def rollout(params: Params, r: int) -> None:
     from ropd.rollout.hf_sampler import TransformersSampler
-    from ropd.train.grpo import load_policy
 
     paths = RunPaths(params)
     with run_lock(paths.run):
@@ -33,13 +32,12 @@ def rollout(params: Params, r: int) -> None:
         device = process_device(params.student.device)
         policy = params.rounds[r].policy
         require_policy(params, paths, policy)
-        with phase("policy_load"):
-            model, tokenizer = load_policy(paths.checkpoint(policy), device)
-        sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
         sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
         chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}
         rank, world = rank_world()
-        rollouts = sampler.sample(chats, sampling, shard=(rank, world))
+        with sampling_policy(paths.checkpoint(policy), device, learner_config(params)) as (model, tokenizer):
+            sampler = TransformersSampler(model, tokenizer, device, params.student.chat_template_kwargs)
+            rollouts = sampler.sample(chats, sampling, shard=(rank, world))
         if world > 1:  # every process sampled its share of the batches: the main one writes them all
             from accelerate import PartialState
             from accelerate.utils import gather_object

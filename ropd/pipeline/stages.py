@@ -19,6 +19,7 @@ from ropd.pipeline.evaluate import evaluate
 from ropd.pipeline.judging import judge_check, mine, qa, verify
 from ropd.pipeline.launch import launched, process_group, run_launched
 from ropd.pipeline.lock import run_lock
+from ropd.pipeline.resident import policy_in_memory
 from ropd.pipeline.rollout import rollout
 from ropd.pipeline.run import (
     CACHE_FILE,
@@ -121,8 +122,9 @@ def side_by_side(lanes: list[Lane], run: Callable[[str, int], None]) -> None:
 def run_rounds(params: Params) -> None:
     """Every round stage, step by step (`round_steps`), in this process; the caller holds the run lock when
     lanes run side by side."""
-    for step in round_steps(params):
-        side_by_side(step, lambda name, r: run_stage(params, name, r))
+    with policy_in_memory(params.checkpoints.in_memory):  # rollout, train and evaluate hand the policy on
+        for step in round_steps(params):
+            side_by_side(step, lambda name, r: run_stage(params, name, r))
 
 
 def run_all(params: Params) -> None:

@@ -7,6 +7,7 @@ import pandas as pd
 from ropd.params import Params
 from ropd.pipeline.launch import is_main
 from ropd.pipeline.lock import run_lock
+from ropd.pipeline.resident import keep_learner, take_learner
 from ropd.pipeline.run import (
     QualityGateStop,
     RunPaths,
@@ -26,7 +27,7 @@ from ropd.teacher import TeacherIndex, fingerprint
 def train(params: Params, r: int) -> None:
     """One GRPO update on the round's rollouts → policy r+1; stop cleanly if the quality gate trips."""
     from ropd.rollout.base import Rollout
-    from ropd.train.grpo import GRPOLearner, build_samples
+    from ropd.train.grpo import build_samples
 
     paths = RunPaths(params)
     rd = paths.round(r)
@@ -51,8 +52,7 @@ def train(params: Params, r: int) -> None:
         reward_map = {(str(x["prompt_id"]), int(x["sample_idx"])):
                       (None if pd.isna(x["reward"]) else float(x["reward"]), str(x["status"]))
                       for x in rewards.to_dict("records")}
-        with phase("policy_load"):  # weights, and the optimizer state where it was kept
-            learner = GRPOLearner.load(paths.checkpoint(r), params.grpo, device=params.student.device)
+        learner = take_learner(paths.checkpoint(r), params.grpo, params.student.device)
         prompts = read_prompts(paths)
         chats = {row["prompt_id"]: messages(row) for _, row in prompts[prompts["round"] == r].iterrows()}
         samples = build_samples(learner.tokenizer, chats, rollouts, reward_map,
@@ -71,6 +71,7 @@ def train(params: Params, r: int) -> None:
         write_json({"round": r, "method": params.method, **metrics, "failed_share": failed_share,
                     "mean_reward": float(ok.mean()) if len(ok) else None}, rd / "train_metrics.json")
         publish_policy(params, paths, r + 1)
+        keep_learner(paths.checkpoint(r + 1), learner)
 
 
 def _train_baseline(params: Params, paths: RunPaths, r: int) -> dict[str, float]:

@@ -197,7 +197,7 @@ class GRPOLearner:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-        if cfg.lora is not None and not _is_peft(model):
+        if cfg.lora is not None and not is_peft(model):
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
@@ -322,10 +322,10 @@ class GRPOLearner:
             model.save_pretrained(tmp, state_dict=weights)
             self.tokenizer.save_pretrained(tmp)
             torch.save(self.optimizer.state_dict(), tmp / OPTIM_FILE)
-            state = {"step": self.step, "lora": _is_peft(model), "config": self.cfg.model_dump()}
+            state = {"step": self.step, "lora": is_peft(model), "config": self.cfg.model_dump()}
             if self.reference_path:
                 state["reference"] = self.reference_path
-            if _is_peft(model):
+            if is_peft(model):
                 state["base_model"] = str(model.peft_config["default"].base_model_name_or_path)
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         return path
@@ -395,5 +395,5 @@ def load_policy(path: Path, device: str = "cpu") -> tuple[Any, Any]:
     return model.to(device).eval(), tokenizer
 
 
-def _is_peft(model: Any) -> bool:
+def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config")
