@@ -1,12 +1,15 @@
 """Where one pipeline round's time goes under `dvc repro` or the Prefect flow, and how much of it is not model work.
 
     .venv/bin/python bench/round_overhead.py [--prompts 8] [--n 4] [--judge local|scripted] [--runner dvc|prefect]
+                                             [--rounds 1] [--reload]
 
-It copies the project into a temporary git+DVC repository with one round at the demo settings
+It copies the project into a temporary git+DVC repository with `--rounds` rounds at the demo settings
 (8 prompts x n=4; the judge is the demo's local SmolLM2, or with `--judge scripted` the stand-in
 OpenAI-compatible server, which answers at once, so the figure is that of a round whose judge is
-an API you do not wait for), runs the set-up stages, then times `dvc repro evaluate@0` (the round's six
-stages) as a whole. Each `ropd stage` command records (ropd/pipeline/timings.py) its function's
+an API you do not wait for), runs the set-up stages and the rounds before the last, then times the last
+round's six stages (`dvc repro evaluate@R`) as a whole. Round 0's rollout loads the policy in every runner;
+from round 1 on, the flow hands it from stage to stage in memory (`checkpoints.in_memory`; `--reload` turns
+that off, for a side-by-side comparison), so `--rounds 2` gives a long run's steady state. Each `ropd stage` command records (ropd/pipeline/timings.py) its function's
 seconds, the non-model phases inside it (policy load, policy save, manifest hashing, retention sweep)
 and how long the process had lived before the stage began (interpreter start and imports).
 
@@ -50,12 +53,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def through_dvc(proj: Path, env: dict[str, str], timings: Path) -> tuple[float, list[dict], dict[str, float]]:
-    """`dvc repro` of the round's six stages, each a `ropd stage` process, after the set-up stages."""
-    subprocess.run([str(BIN / "dvc"), "repro", "judge_check"], cwd=proj, check=True, env=env, stdout=subprocess.DEVNULL)
+def through_dvc(proj: Path, env: dict[str, str], timings: Path, r: int) -> tuple[float, list[dict], dict[str, float]]:
+    """`dvc repro` of round r's six stages, each a `ropd stage` process, after the set-up stages and the rounds
+    before it."""
+    before = f"evaluate@{r - 1}" if r else "judge_check"
+    subprocess.run([str(BIN / "dvc"), "repro", before], cwd=proj, check=True, env=env, stdout=subprocess.DEVNULL)
     timings.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    subprocess.run([str(BIN / "dvc"), "repro", "evaluate@0"], cwd=proj, check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([str(BIN / "dvc"), "repro", f"evaluate@{r}"], cwd=proj, check=True, env=env,
+                   stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     stages = [json.loads(line) for line in timings.read_text().splitlines()]
     startup = sum(s.get("startup_s") or 0.0 for s in stages)
@@ -63,10 +69,12 @@ def through_dvc(proj: Path, env: dict[str, str], timings: Path) -> tuple[float, 
                           "dvc_and_other": wall - sum(s["seconds"] for s in stages) - startup}
 
 
-def through_prefect(proj: Path, env: dict[str, str], timings: Path) -> tuple[float, list[dict], dict[str, float]]:
+def through_prefect(proj: Path, env: dict[str, str], timings: Path, r: int
+                    ) -> tuple[float, list[dict], dict[str, float]]:
     """The whole flow in one process (`python flows/distill.py`, an ephemeral Prefect server in a fresh
-    PREFECT_HOME); the round is the span from the end of the set-up stages to the end of `evaluate@0`, and
-    its gaps between stages are Prefect's task bookkeeping plus the flow's own input hashing."""
+    PREFECT_HOME); round r is the span from the end of the stages before it (the set-up stages, or round
+    r-1's) to the end of `evaluate@r`, and its gaps between stages are Prefect's task bookkeeping plus the
+    flow's own input hashing."""
     env = {**env, "PREFECT_HOME": str(proj / ".prefect"), "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run([sys.executable, str(ROOT / "flows" / "distill.py")], cwd=proj, env=env,
@@ -74,8 +82,9 @@ def through_prefect(proj: Path, env: dict[str, str], timings: Path) -> tuple[flo
     if proc.returncode != 0:
         sys.exit(f"the flow run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     lines = [json.loads(line) for line in timings.read_text().splitlines()]
-    setup_end = max(s["started"] + s["seconds"] for s in lines if s["round"] is None and s["stage"] in SETUP)
-    stages = sorted((s for s in lines if s["round"] == 0), key=lambda s: s["started"])
+    setup_end = max(s["started"] + s["seconds"] for s in lines
+                    if (s["round"] is None and s["stage"] in SETUP) or (s["round"] is not None and s["round"] < r))
+    stages = sorted((s for s in lines if s["round"] == r), key=lambda s: s["started"])
     wall = stages[-1]["started"] + stages[-1]["seconds"] - setup_end
     return wall, stages, {"prefect_task_bookkeeping": wall - sum(s["seconds"] for s in stages)}
 
@@ -131,6 +140,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--judge", choices=("local", "scripted"), default="local")
     ap.add_argument("--runner", choices=("dvc", "prefect"), default="dvc")
+    ap.add_argument("--rounds", type=int, default=1, help="run this many rounds and time the last: from the second "
+                    "on, a long-lived runner (the flow) hands the policy on from the round before")
+    ap.add_argument("--reload", action="store_true", help="checkpoints.in_memory: false (every stage loads the "
+                    "policy from disk), to compare with the default side by side")
     args = ap.parse_args()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
     sys.path.insert(0, str(ROOT / "bench"))
@@ -143,8 +156,9 @@ def main() -> None:
             shutil.copy(ROOT / "dvc.yaml", proj / "dvc.yaml")
             params = yaml.safe_load((ROOT / "params.yaml").read_text())
             params.update({"run_id": "bench", "models_dir": str((ROOT / "data" / "models").resolve()),
-                           "rounds": round_items(1)})
-            params["data"].update({"prompts_per_round": args.prompts, "pool_prompts": args.prompts})
+                           "rounds": round_items(args.rounds)})
+            params["checkpoints"]["in_memory"] = not args.reload
+            params["data"].update({"prompts_per_round": args.prompts, "pool_prompts": args.prompts * args.rounds})
             params["student"]["sampling"]["n"] = args.n
             params["judge_check"]["prompts"] = 0
             if args.judge == "scripted":
@@ -156,7 +170,8 @@ def main() -> None:
             for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
                 subprocess.run(cmd, cwd=proj, check=True, env=env)
             timings = proj / "data" / "runs" / ".timings" / "bench.jsonl"
-            wall, stages, orchestration = (through_dvc if args.runner == "dvc" else through_prefect)(proj, env, timings)
+            wall, stages, orchestration = (through_dvc if args.runner == "dvc" else through_prefect)(
+                proj, env, timings, args.rounds - 1)
             trackers = tracker_seconds(proj)
     finally:
         if server is not None:
@@ -172,13 +187,15 @@ def main() -> None:
     for s in stages:
         print(f"{s['stage']:<10} {s['seconds']:8.1f} {s.get('startup_s') or 0:8.1f}  "
               + ", ".join(f"{k} {v:.1f}" for k, v in s.get("phases", {}).items()))
-    print(f"round wall time through {args.runner}: {wall:.1f} s; model work {model:.1f} s; not model work:")
+    print(f"round {args.rounds - 1}'s wall time through {args.runner}: {wall:.1f} s; model work {model:.1f} s; "
+          "not model work:")
     for k, v in sorted(breakdown.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<28} {v:7.1f} s  {v / wall:6.1%}")
     print("publishing the finished round to a tracker (first call with its import; warm):")
     for k, v in trackers.items():
         print(f"  {k:<10} {v['first']:6.2f} s  {v['first'] / wall:6.2%} of the round;  warm {v['warm']:5.2f} s")
-    print(json.dumps({"runner": args.runner, "judge": args.judge, "orchestration_share": round(1 - stage_s / wall, 4),
+    print(json.dumps({"runner": args.runner, "judge": args.judge, "round": args.rounds - 1,
+                      "in_memory": not args.reload, "orchestration_share": round(1 - stage_s / wall, 4),
                       "non_model_share": round(1 - model / wall, 4), "wall_s": round(wall, 1),
                       "model_s": round(model, 1), "breakdown_s": {k: round(v, 2) for k, v in breakdown.items()},
                       "tracking_s": {k: {m: round(x, 3) for m, x in v.items()} for k, v in trackers.items()},
