@@ -13,6 +13,7 @@ import torch
 from ropd.train.advantages import group_advantages
 from ropd.train.config import GRPOConfig, LoraSettings
 from ropd.train.grpo import (
+    OPTIM_FILE,
     CheckpointError,
     GRPOLearner,
     TrainSample,
@@ -175,6 +176,12 @@ def test_checkpoint_resume_is_exact(smollm2_dir: Path, tmp_path: Path) -> None:
     loaded.train_round(samples(masked_group=False))
     pa, pb = params(learner), params(loaded)
     assert all(torch.equal(pa[n], pb[n]) for n in pa)
+    # A run resumed with other settings (`ropd rounds 4` after raising grpo.lr) steps at them, with the moments
+    # it kept: torch's load_state_dict alone would restore the saved rate.
+    faster = GRPOLearner.load(ckpt, cfg.model_copy(update={"lr": 3e-4, "weight_decay": 0.5}))
+    assert [(g["lr"], g["weight_decay"]) for g in faster.optimizer.param_groups] == [(3e-4, 0.5)]
+    kept = torch.load(ckpt / OPTIM_FILE, weights_only=True)["state"][0]["exp_avg"]
+    assert torch.equal(faster.optimizer.state_dict()["state"][0]["exp_avg"], kept)
 
 
 def test_corrupt_checkpoint_is_named(smollm2_dir: Path, tmp_path: Path) -> None:

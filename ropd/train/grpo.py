@@ -368,6 +368,8 @@ class GRPOLearner:
                 learner.optimizer.load_state_dict(torch.load(optim_path, map_location="cpu", weights_only=True))
             except (RuntimeError, ValueError, KeyError) as exc:
                 raise CheckpointError(f"{optim_path}: cannot restore the optimizer ({exc})") from exc
+            for group in learner.optimizer.param_groups:  # torch restores the saved rate: a changed grpo.lr
+                group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)  # (a run extended at another rate) wins
         elif learner.step > 0:  # a trained checkpoint whose optimizer file was pruned to save disk
             log.warning("%s: no %s; this round starts a fresh AdamW state", path, OPTIM_FILE)
         return learner
