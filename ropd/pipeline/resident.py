@@ -51,8 +51,10 @@ def policy_in_memory(enabled: bool = True) -> Iterator[None]:
 
 
 def learner_config(params: Params) -> GRPOConfig | None:
-    """The run's GRPO settings when its train stage updates a `GRPOLearner` that may stay in memory."""
-    return None if params.method in ("sft", "lopd") else params.grpo
+    """The run's GRPO settings when its train stage updates a `GRPOLearner` in this process, which may then
+    take the one a sampling stage loaded (not a baseline's TRL trainer, nor a train stage `launch` runs)."""
+    launched = bool(params.launch.command) and "train" in params.launch.stages
+    return None if params.method in ("sft", "lopd") or launched else params.grpo
 
 
 def _manifest(ckpt: Path) -> str | None:
