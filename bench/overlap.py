@@ -10,7 +10,13 @@ does; raise it to see the judge's share shrink. Each arm has its own project dir
 neither is served from the other's calls, and both set `grpo.tis_cap`, so the schedule is the only
 difference. The set-up stages (data, teacher, model preparation) run before the clock starts.
 
-Last line: {"speedup": in_turn / overlapped, "in_turn_s", "overlap_s", "stage_s": {arm: {stage: s}}, ...}.
+The whole-run ratio includes the steps at either end that cannot overlap (round 0's sampling; the last
+update and evaluation), so it grows with the number of rounds. The steady-state ratio does not: a round's
+span in turn against an overlapped step whose policy lane trains, samples and evaluates (from 3 rounds on),
+which is the pace of a long run.
+
+Last line: {"speedup": in_turn / overlapped, "steady_speedup", "in_turn_s", "overlap_s",
+"stage_s": {arm: {stage: s}}, "steady_s": {arm: [s]}, ...}.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_arm(work: Path, url: str, args: argparse.Namespace, overlap: bool) -> dict:
     from ropd.params import Params
     from ropd.pipeline.lock import run_lock
-    from ropd.pipeline.stages import SETUP_STAGES, run_rounds, run_stage
+    from ropd.pipeline.stages import ROUND_STAGES, SETUP_STAGES, round_steps, run_rounds, run_stage
 
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data.update({"run_id": "overlap" if overlap else "in_turn", "models_dir": str((ROOT / "data" / "models").resolve()),
@@ -61,7 +67,20 @@ def run_arm(work: Path, url: str, args: argparse.Namespace, overlap: bool) -> di
     for line in lines:
         if line["round"] is not None:
             stage_s[line["stage"]] = round(stage_s.get(line["stage"], 0.0) + line["seconds"], 1)
-    return {"wall_s": round(wall, 1), "stage_s": stage_s}
+    # A long run's pace: in turn, a round's span; overlapped, a step whose policy lane trains, samples and
+    # evaluates (not the fill and drain steps at either end of the run, whose share shrinks as a run grows).
+    if overlap:
+        groups = [[s for lane in step for s in lane] for step in round_steps(params)
+                  if len(step) == 2 and len(step[1]) == 3]
+    else:
+        groups = [[(name, item.r) for name in ROUND_STAGES] for item in params.rounds]
+    return {"wall_s": round(wall, 1), "stage_s": stage_s, "steady_s": [round(span(lines, g), 1) for g in groups]}
+
+
+def span(lines: list[dict], group: list[tuple[str, int]]) -> float:
+    """Wall seconds from the first start to the last end of the stages in `group`."""
+    mine = [ln for ln in lines if (ln["stage"], ln["round"]) in group]
+    return max(ln["started"] + ln["seconds"] for ln in mine) - min(ln["started"] for ln in mine)
 
 
 def main() -> None:
@@ -87,12 +106,20 @@ def main() -> None:
     for name, arm in arms.items():
         print(f"{name:<8} {arm['wall_s']:7.1f} s  " + ", ".join(f"{k} {v:.1f}" for k, v in arm["stage_s"].items()))
     speedup = arms["in_turn"]["wall_s"] / arms["overlap"]["wall_s"]
+    pace = {name: sum(arm["steady_s"]) / len(arm["steady_s"]) if arm["steady_s"] else None
+            for name, arm in arms.items()}
+    steady = pace["in_turn"] / pace["overlap"] if pace["overlap"] else None
     print(f"{args.rounds} rounds, judge latency {args.latency} s, {args.in_flight} call(s) in flight: "
           f"overlap is {speedup:.2f}x faster")
-    print(json.dumps({"speedup": round(speedup, 3), "in_turn_s": arms["in_turn"]["wall_s"],
+    if steady:
+        print(f"steady state: a round in turn takes {pace['in_turn']:.1f} s, an overlapped step "
+              f"{pace['overlap']:.1f} s ({steady:.2f}x)")
+    print(json.dumps({"speedup": round(speedup, 3), "steady_speedup": round(steady, 3) if steady else None,
+                      "in_turn_s": arms["in_turn"]["wall_s"],
                       "overlap_s": arms["overlap"]["wall_s"], "rounds": args.rounds, "latency_s": args.latency,
                       "in_flight": args.in_flight, "prompts": args.prompts, "n": args.n,
-                      "stage_s": {name: arm["stage_s"] for name, arm in arms.items()}}))
+                      "stage_s": {name: arm["stage_s"] for name, arm in arms.items()},
+                      "steady_s": {name: arm["steady_s"] for name, arm in arms.items()}}))
 
 
 if __name__ == "__main__":
