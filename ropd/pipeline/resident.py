@@ -3,8 +3,8 @@
 Under `dvc repro` every stage is a process of its own, and each of a round's rollout, train and evaluate loads
 the policy from disk; train loads AdamW state too. A runner that runs every stage in one process need not:
 train leaves the learner it has just saved here, and the next rollout, evaluate and train take it instead of
-reading the checkpoint again. At 4B that is 8 GB of bf16 weights and 32 GB of AdamW moments a load, three
-times a round.
+reading the checkpoint again. At 4B in bf16 a load is 8 GB of weights, and train's adds 16 GB of AdamW
+moments, three loads a round.
 
 The memory copy is exactly the checkpoint (weights are saved in the dtype they train in), and it is used
 only while that checkpoint's manifest is the one it was kept under, so a stage rerun by hand, or a launched
