@@ -9,9 +9,10 @@ OpenAI-compatible server, which answers at once, so the figure is that of a roun
 an API you do not wait for), runs the set-up stages and the rounds before the last, then times the last
 round's six stages (`dvc repro evaluate@R`) as a whole. Round 0's rollout loads the policy in every runner;
 from round 1 on, the flow hands it from stage to stage in memory (`checkpoints.in_memory`; `--reload` turns
-that off, for a side-by-side comparison), so `--rounds 2` gives a long run's steady state. Each `ropd stage` command records (ropd/pipeline/timings.py) its function's
-seconds, the non-model phases inside it (policy load, policy save, manifest hashing, retention sweep)
-and how long the process had lived before the stage began (interpreter start and imports).
+that off, for a side-by-side comparison), so `--rounds 2` gives a long run's steady state. Each
+`ropd stage` command records (ropd/pipeline/timings.py) its function's seconds, the non-model phases
+inside it (policy load, policy save, manifest hashing, retention sweep) and how long the process had
+lived before the stage began (interpreter start and imports).
 
     orchestration = wall - Σ stage seconds            (process start, imports, DVC)
     non-model     = orchestration + Σ phases           (the figure issue 14 asks under 5 %)

@@ -25,7 +25,7 @@ from ropd.train.config import GRPOConfig
 from ropd.train.grpo import GRPOLearner, build_samples, load_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from gpu_smoke import CHAT, tiny_model, tiny_tokenizer  # noqa: E402
+from gpu_smoke import CHAT, tiny_model, tiny_tokenizer
 
 CFG = GRPOConfig(lr=1e-3, micro_batch_size=4)
 CHATS = {"p0": [{"role": "user", "content": "What is 3 + 4?"}], "p1": [{"role": "user", "content": "What is 9 + 2?"}]}
