@@ -64,26 +64,26 @@ def _manifest(ckpt: Path) -> str | None:
         return None
 
 
-def _take(ckpt: Path) -> GRPOLearner | None:
-    """The kept learner if it is `ckpt`'s, as its manifest stands now; the slot is emptied either way."""
-    global _slot
-    held, _slot = _slot, None
-    if held is None or held[0] != ckpt.resolve():
+def _kept(ckpt: Path) -> GRPOLearner | None:
+    """The kept learner if it is `ckpt`'s, as its manifest stands now."""
+    if _slot is None or _slot[0] != ckpt.resolve():
         return None
-    manifest = _manifest(ckpt)
-    return held[2] if manifest is not None and manifest == held[1] else None
+    return _slot[2] if _manifest(ckpt) == _slot[1] else None
+
+
+def _load(ckpt: Path, cfg: GRPOConfig, device: str) -> GRPOLearner:
+    from ropd.train.grpo import GRPOLearner
+
+    with phase("policy_load"):  # weights, and the AdamW state where it was kept
+        return GRPOLearner.load(ckpt, cfg, device=device)
 
 
 def take_learner(ckpt: Path, cfg: GRPOConfig, device: str) -> GRPOLearner:
-    """The learner to update: the kept one, or loaded from `ckpt` (weights, and AdamW state where kept)."""
-    from ropd.train.grpo import GRPOLearner
-
+    """The learner to update: the kept one (taken out: the update owns it until it is kept again), or loaded."""
+    global _slot
     with _lock:
-        learner = _take(ckpt)
-    if learner is not None and learner.cfg == cfg:
-        return learner
-    with phase("policy_load"):
-        return GRPOLearner.load(ckpt, cfg, device=device)
+        learner, _slot = _kept(ckpt), None
+    return learner if learner is not None and learner.cfg == cfg else _load(ckpt, cfg, device)
 
 
 def _put(ckpt: Path, learner: GRPOLearner) -> None:
@@ -103,15 +103,17 @@ def sampling_policy(ckpt: Path, device: str, cfg: GRPOConfig | None = None) -> I
     """Model and tokenizer to sample from `ckpt`: the kept learner's, or loaded. Given the run's GRPO `cfg`
     (a method that trains with `GRPOLearner`), a load inside `policy_in_memory` loads the whole learner and
     keeps it, so the train stage after it loads nothing."""
-    from ropd.train.grpo import GRPOLearner, is_peft, load_policy
+    from ropd.train.grpo import is_peft, load_policy
 
+    global _slot
     with _lock:
-        learner = _take(ckpt)
-        if learner is None and _active and cfg is not None:
-            with phase("policy_load"):
-                learner = GRPOLearner.load(ckpt, cfg, device=device)
+        learner = _kept(ckpt)
+        if learner is None:
+            _slot = None  # another checkpoint's copy: freed before this one is loaded
+            if _active and cfg is not None:
+                learner = _load(ckpt, cfg, device)
+                _put(ckpt, learner)
         if learner is not None:
-            _put(ckpt, learner)
             model = learner.accelerator.unwrap_model(learner.model)
             if not is_peft(model):  # a LoRA policy samples merged, as loaded from disk, below
                 # a copy: the sampler sets the padding side, and the learner's tokenizer stays as it was
