@@ -40,13 +40,14 @@ from ropd.params import round_items
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": {"rounds": 4, "prompts_per_round": 3, "n": 8, "max_new_tokens": 32, "lr": 5e-5, "mini_batch_prompts": 2,
-              "heldout": 6, "check_prompts": 4},
+    "small": {"rounds": 4, "prompts_per_round": 4, "n": 8, "max_new_tokens": 64, "lr": 1e-4, "mini_batch_prompts": 2,
+              "heldout": 8, "check_prompts": 4, "batch_size": 32},
     "tiny": {"rounds": 1, "prompts_per_round": 2, "n": 2, "max_new_tokens": 8, "lr": 5e-5, "mini_batch_prompts": 1,
-             "heldout": 1, "check_prompts": 1},  # a smoke test of the harness, not a measurement
+             "heldout": 1, "check_prompts": 1, "batch_size": 8},  # a smoke test of the harness, not a measurement
 }
 ARMS: dict[str, float | None] = {"rule-0": 0.0, "rule-0.2": 0.2, "rule-0.4": 0.4, "coin": 0.5, "smollm2": None}
 SEEDS: dict[str, tuple[int, ...]] = {"rule-0": (0, 1)}  # the other arms run seed 0
+HELDOUT_SEED = 10_001  # the demo generator's seed for the shared held-out set
 
 
 def judge_roles(base: dict[str, Any], url: str | None, model: str) -> dict[str, Any]:
@@ -58,16 +59,37 @@ def judge_roles(base: dict[str, Any], url: str | None, model: str) -> dict[str, 
     return {"rubricator": {**judge, "temperature": 0.7}, "verifier": {**judge, "temperature": 0.0}}
 
 
+def heldout_set(base: dict[str, Any], preset: dict[str, Any], root: Path) -> Path:
+    """The held-out problems every arm and seed is scored on: demo problems of their own seed, none of them
+    among any seed's training problems. One set for all, so a seed's gain and the seed spread come from the
+    training alone, not from which problems were drawn to measure it."""
+    from ropd.data.load import load_prompts
+    from ropd.io import atomic_write_parquet
+    from ropd.params import DataParams
+    from ropd.pipeline.data import demo_splits
+
+    path = root / f"heldout-{preset['heldout']}.parquet"
+    if not path.is_file():
+        seeds = {s for arm in ARMS for s in SEEDS.get(arm, (0,))}
+        train = {q for s in seeds for q in demo_splits(DataParams(**{**base["data"], "seed": s}))[0]["question"]}
+        held = load_prompts("demo", "eval", n=preset["heldout"], seed=HELDOUT_SEED, exclude=train)
+        atomic_write_parquet(held[["question", "reference_answer", "solutions"]], path)
+    return path
+
+
 def arm_params(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int, url: str | None, work: Path,
-               tag: str) -> dict[str, Any]:
+               tag: str, heldout: Path) -> dict[str, Any]:
     data = json.loads(json.dumps(base))  # deep copy
     data.update({"runs_dir": str(work / "data" / "runs"), "models_dir": str(work / "data" / "models"),
                  "method": "ropd", "rounds": round_items(preset["rounds"]),
                  **judge_roles(base, url, f"rule-judge-{arm}")})
-    data["data"].update({"prompts_per_round": preset["prompts_per_round"], "seed": seed,
+    # the seed draws the training problems, the rollouts (data.seed) and the update's shuffles; the held-out
+    # set is shared
+    data["data"].update({"prompts_per_round": preset["prompts_per_round"], "seed": seed, "eval_source": str(heldout),
                          "pool_prompts": preset["prompts_per_round"] * preset["rounds"]})
-    data["student"]["sampling"].update({"n": preset["n"], "max_new_tokens": preset["max_new_tokens"]})
-    data["grpo"].update({"lr": preset["lr"], "mini_batch_prompts": preset["mini_batch_prompts"]})
+    data["student"]["sampling"].update({"n": preset["n"], "max_new_tokens": preset["max_new_tokens"],
+                                        "batch_size": preset["batch_size"]})
+    data["grpo"].update({"lr": preset["lr"], "mini_batch_prompts": preset["mini_batch_prompts"], "seed": seed})
     data["judge_check"] = {"prompts": preset["check_prompts"], "enforce": False}
     # the pipeline's own evaluation only after the last round, accuracy only: the gold judge scores every round
     data["eval"] = {"n_prompts": preset["heldout"], "k": 1, "temperature": 0.0,
@@ -95,7 +117,7 @@ def gold_scores(params: Any, gold_url: str, checkpoint: Path, preset: dict[str, 
 
 
 def run_arm(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int, gold_url: str, root: Path,
-            tag: str) -> list[dict[str, Any]]:
+            tag: str, heldout: Path) -> list[dict[str, Any]]:
     """One arm and seed: the ROPD run, then the gold score of every round's policy (round 0 = the start)."""
     from ropd.params import Params
     from ropd.pipeline.stages import RunPaths, run_all
@@ -110,7 +132,7 @@ def run_arm(base: dict[str, Any], preset: dict[str, Any], arm: str, seed: int, g
     eps = ARMS[arm]
     proc, url = start_server(0.0, noise=eps) if eps is not None else (None, None)
     try:
-        params = Params.model_validate(arm_params(base, preset, arm, seed, url, work, tag))
+        params = Params.model_validate(arm_params(base, preset, arm, seed, url, work, tag, heldout))
         paths = RunPaths(params)
         done = paths.run / "judge_quality.json"
         if done.is_file():
@@ -182,6 +204,7 @@ def main() -> None:
         prepare_smollm2(ROOT / "data" / "models")
     os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.monotonic()
+    heldout = heldout_set(base, preset, root)
     gold_proc, gold_url = start_server(0.0)
     rows: list[dict[str, Any]] = []
     try:
@@ -189,7 +212,7 @@ def main() -> None:
             for seed in SEEDS.get(arm, (0,)):
                 print(f"[{arm} seed {seed}] {preset['rounds']} rounds x {preset['prompts_per_round']} prompts "
                       f"x n={preset['n']}", flush=True)
-                rows += run_arm(base, preset, arm, seed, gold_url, root, args.preset)
+                rows += run_arm(base, preset, arm, seed, gold_url, root, args.preset, heldout)
                 last = rows[-1]
                 print(f"[{arm} seed {seed}] gold sampled {rows[-1 - preset['rounds']]['gold_sampled']} -> "
                       f"{last['gold_sampled']}, check {last['check_status']} (separation "

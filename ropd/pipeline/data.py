@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ropd.io import atomic_dir, atomic_write_parquet
-from ropd.params import Params
+from ropd.params import DataParams, Params
 from ropd.pipeline.checkpoints import PrunedCheckpoint, manifest_files, manifest_path, publish
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.run import RunPaths
@@ -30,13 +30,18 @@ def _link_tree(src: Path, dst: Path) -> None:
                     shutil.copy2(f, tmp / f.name)
 
 
-def demo_data(params: Params) -> None:
-    """The seeded demo task: ≥500 train and ≥100 held-out arithmetic problems, as parquet under data/."""
+def demo_splits(d: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seeded demo task: ≥500 train and ≥100 held-out arithmetic problems, none of them in both."""
     from ropd.data.load import load_prompts
 
-    d = params.data
     train = load_prompts("demo", "train", n=max(d.n_train, 500), seed=d.seed)
     held = load_prompts("demo", "eval", n=max(d.n_eval, 100), seed=d.seed + 1, exclude=set(train["question"]))
+    return train, held
+
+
+def demo_data(params: Params) -> None:
+    """The demo task's splits, as parquet under data/."""
+    train, held = demo_splits(params.data)
     out = RunPaths(params).demo_dir
     atomic_write_parquet(train, out / "train.parquet")
     atomic_write_parquet(held, out / "eval.parquet")
