@@ -8,6 +8,7 @@ would otherwise leave a GB-sized orphan behind for good).
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import logging
 import os
@@ -72,6 +73,20 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def one_writer(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an flock on the file `path`: one process at a time through a one-off build of a
+    shared output (two runs started together would both build it, and the second rename would replace the
+    first's output under its readers). The kernel drops the lock when its holder dies, kill -9 included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ropd.config import RoleConfig
-from ropd.io import atomic_dir
+from ropd.io import atomic_dir, one_writer
 
 DEFAULT_MODELS_DIR = Path("data/models")
 MANIFEST = "ropd_manifest.json"
@@ -106,11 +106,17 @@ def verify_prepared(out: Path) -> dict:
 def prepare_smollm2(models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     """Convert the packaged GGUF into `models_dir/smollm2-135m-instruct` once; later calls only verify."""
     out = Path(models_dir) / SMOLLM2.name
-    if out.exists():
-        manifest = verify_prepared(out)
-        if manifest.get("source_sha256") == SMOLLM2.sha256:
-            return out
-        raise ModelPrepError(f"{out} was converted from another source file; delete it and prepare again")
+    with one_writer(Path(models_dir) / f".{SMOLLM2.name}.lock"):
+        if out.exists():
+            manifest = verify_prepared(out)
+            if manifest.get("source_sha256") == SMOLLM2.sha256:
+                return out
+            raise ModelPrepError(f"{out} was converted from another source file; delete it and prepare again")
+        _convert_smollm2(out)
+    return out
+
+
+def _convert_smollm2(out: Path) -> None:
     gguf = packaged_file(SMOLLM2)
 
     import torch
@@ -130,7 +136,6 @@ def prepare_smollm2(models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
         tokenizer.save_pretrained(tmp)
         write_manifest(tmp, name=SMOLLM2.name, source_package=SMOLLM2.pip_name, source_file=SMOLLM2.relpath,
                        source_sha256=SMOLLM2.sha256)
-    return out
 
 
 def write_manifest(model_dir: Path, **meta: object) -> dict:

@@ -108,15 +108,20 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Path:
-    """Debian's chromium, installed by apt when missing (needs root); the tests skip only if that fails."""
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0:
-            pytest.skip("chromium is not at /usr/bin/chromium and installing it needs root")
-        proc = subprocess.run("apt-get update && apt-get install -y chromium", shell=True, capture_output=True,
-                              text=True, timeout=1200, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if proc.returncode != 0 or not CHROMIUM.exists():
-            pytest.skip(f"installing chromium with apt-get failed (exit {proc.returncode}): {proc.stderr[-400:]}")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian's chromium, installed by apt when missing (needs root); the tests skip only if that fails.
+    One worker installs while the others wait (the lock sits above the workers' own temp roots): two
+    `apt-get` at once fail on dpkg's lock."""
+    from ropd.io import one_writer
+
+    with one_writer(tmp_path_factory.getbasetemp().parent / "chromium-install.lock"):
+        if not CHROMIUM.exists():
+            if os.geteuid() != 0:
+                pytest.skip("chromium is not at /usr/bin/chromium and installing it needs root")
+            proc = subprocess.run("apt-get update && apt-get install -y chromium", shell=True, capture_output=True,
+                                  text=True, timeout=1200, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            if proc.returncode != 0 or not CHROMIUM.exists():
+                pytest.skip(f"installing chromium with apt-get failed (exit {proc.returncode}): {proc.stderr[-400:]}")
     return CHROMIUM
 
 

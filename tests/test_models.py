@@ -23,6 +23,22 @@ def test_prepare_is_idempotent_and_checksummed(smollm2_dir: Path) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in smollm2_dir.iterdir()} == before
 
 
+def test_prepare_waits_for_a_conversion_under_way(smollm2_dir: Path) -> None:
+    """Two runs started together: the second waits on the first's lock, then finds its output, so it neither
+    converts again nor renames a directory over the first one's readers."""
+    import threading
+
+    from ropd.io import one_writer
+
+    done = threading.Event()
+    with one_writer(smollm2_dir.parent / f".{models.SMOLLM2.name}.lock"):  # another process converting
+        waiter = threading.Thread(target=lambda: (prepare_smollm2(smollm2_dir.parent), done.set()))
+        waiter.start()
+        assert not done.wait(1.0)  # blocked on the lock, not verifying beside a conversion
+    waiter.join(30)
+    assert done.is_set()
+
+
 def test_corrupt_converted_file_is_named(smollm2_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / models.SMOLLM2.name
     # the weights are only read: a hard link spares 0.5 GB of disk; the edited config is a real copy
