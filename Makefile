@@ -25,7 +25,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=15  # the slowest tests, so suite time is watched
+	# two workers, a test file each: a file's module fixtures are built once; --durations lists the slowest
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
