@@ -60,20 +60,20 @@ def judge_roles(base: dict[str, Any], url: str | None, model: str) -> dict[str, 
 
 
 def heldout_set(base: dict[str, Any], preset: dict[str, Any], root: Path) -> Path:
-    """The held-out problems every arm and seed is scored on: demo problems of their own seed, none of them
-    among any seed's training problems. One set for all, so a seed's gain and the seed spread come from the
-    training alone, not from which problems were drawn to measure it."""
+    """The held-out problems every arm and seed is scored on: demo problems drawn with `HELDOUT_SEED`, none of
+    them among any seed's training problems. One set for all, so a seed's gain and the seed spread come from
+    the training alone, not from which problems were drawn to measure it. Written on every start (it takes
+    milliseconds and is deterministic), so other base params never meet a set excluding another pool."""
     from ropd.data.load import load_prompts
     from ropd.io import atomic_write_parquet
     from ropd.params import DataParams
     from ropd.pipeline.data import demo_splits
 
     path = root / f"heldout-{preset['heldout']}.parquet"
-    if not path.is_file():
-        seeds = {s for arm in ARMS for s in SEEDS.get(arm, (0,))}
-        train = {q for s in seeds for q in demo_splits(DataParams(**{**base["data"], "seed": s}))[0]["question"]}
-        held = load_prompts("demo", "eval", n=preset["heldout"], seed=HELDOUT_SEED, exclude=train)
-        atomic_write_parquet(held[["question", "reference_answer", "solutions"]], path)
+    seeds = {s for arm in ARMS for s in SEEDS.get(arm, (0,))}
+    train = {q for s in seeds for q in demo_splits(DataParams(**{**base["data"], "seed": s}))[0]["question"]}
+    held = load_prompts("demo", "eval", n=preset["heldout"], seed=HELDOUT_SEED, exclude=train)
+    atomic_write_parquet(held[["question", "reference_answer", "solutions"]], path)
     return path
 
 

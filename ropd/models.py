@@ -103,10 +103,15 @@ def verify_prepared(out: Path) -> dict:
     return manifest
 
 
+def conversion_lock(models_dir: Path) -> Path:
+    """The file whose flock `prepare_smollm2` holds while it checks and converts."""
+    return Path(models_dir) / f".{SMOLLM2.name}.lock"
+
+
 def prepare_smollm2(models_dir: Path = DEFAULT_MODELS_DIR) -> Path:
     """Convert the packaged GGUF into `models_dir/smollm2-135m-instruct` once; later calls only verify."""
     out = Path(models_dir) / SMOLLM2.name
-    with one_writer(Path(models_dir) / f".{SMOLLM2.name}.lock"):
+    with one_writer(conversion_lock(models_dir)):
         if out.exists():
             manifest = verify_prepared(out)
             if manifest.get("source_sha256") == SMOLLM2.sha256:

@@ -31,7 +31,7 @@ def test_prepare_waits_for_a_conversion_under_way(smollm2_dir: Path) -> None:
     from ropd.io import one_writer
 
     done = threading.Event()
-    with one_writer(smollm2_dir.parent / f".{models.SMOLLM2.name}.lock"):  # another process converting
+    with one_writer(models.conversion_lock(smollm2_dir.parent)):  # another process converting
         waiter = threading.Thread(target=lambda: (prepare_smollm2(smollm2_dir.parent), done.set()))
         waiter.start()
         assert not done.wait(1.0)  # blocked on the lock, not verifying beside a conversion
