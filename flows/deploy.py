@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from prefect import get_client
 from prefect.exceptions import ObjectNotFound
 
-from flows.distill import distill
+from flows.distill import JUDGE_TAG, distill
 
-JUDGE_TAG = "llm-judge"
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTION = "Rubric-based on-policy distillation, one run per call"
 

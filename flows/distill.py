@@ -6,8 +6,8 @@
 Tasks are cached across runs on the content hash of their input files and of the params they read
 (the keys dvc.yaml lists for the stage), plus their source (`INPUTS + TASK_SOURCE`); a cached task
 whose outputs are gone or changed is rerun. So more rounds rerun only the new rounds.
-The judge stages retry, and carry the `llm-judge` tag for a UI-side concurrency limit on top of the
-in-process limiter (`limits.max_in_flight`). At the end the flow records the lineage with
+The judge stages retry, and carry the `llm-judge` tag, while that tag has a concurrency limit, for a
+UI-side limit on top of the in-process limiter (`limits.max_in_flight`). At the end the flow records the lineage with
 `dvc commit`, so `dvc status` agrees the pipeline is up to date.
 
 The deployment's form (`flows/deploy.py`) sets a few keys on top of the params file (`ropd.overrides`).
@@ -45,6 +45,7 @@ from ropd.pipeline.run import RunStop
 from ropd.pipeline.stages import SETUP_STAGES, RunPaths, round_steps, run_stage, side_by_side
 
 LLM_STAGES = {"teacher", "judge_check", "mine", "verify", "evaluate"}
+JUDGE_TAG = "llm-judge"
 
 
 @task(cache_policy=INPUTS + TASK_SOURCE, task_run_name="{name}-{r}")
@@ -66,12 +67,37 @@ def _not_a_stop(task: object, task_run: object, state: State) -> bool:
     return not isinstance(state.data, RunStop)
 
 
+def judge_limited() -> bool:
+    """Whether the `llm-judge` tag has a concurrency limit right now (a read: milliseconds).
+
+    Prefect asks its server for a slot of every tag a task carries, limit or not, and on a SQLite-backed server
+    that write often collides with the server recording the task run it just created: a 503, which Prefect's
+    client retries after about 2 s (PrefectHQ/prefect#18934). So a judge task carries the tag only while there is a
+    limit to honour. It is asked before each judge task, so a limit set in the UI mid-run holds from the next one.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_concurrency_limit_by_tag(JUDGE_TAG)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def task_options(name: str) -> dict:
+    """A judge stage retries a fault (never a clean stop), and takes a slot of the `llm-judge` limit if one is set."""
+    if name not in LLM_STAGES:
+        return {}
+    return {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": _not_a_stop,
+            "tags": [JUDGE_TAG] if judge_limited() else []}
+
+
 def _run(params: Params, params_file: str, name: str, r: int | None = None) -> None:
     deps, outs = stage_io(params, name, r)
     key = f"{content_hash(deps)}-{params_digest(params, name)}"  # the params this stage reads, as DVC keys it
-    opts = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": _not_a_stop,
-            "tags": ["llm-judge"]} if name in LLM_STAGES else {}
-    t = stage_task.with_options(**opts)
+    t = stage_task.with_options(**task_options(name))
     got = t(name, r, params_file, key)
     if got != content_hash(outs):  # cached, but the files on disk are not what that run wrote
         t.with_options(refresh_cache=True)(name, r, params_file, key)

@@ -105,23 +105,51 @@ def test_a_bad_value_fails_the_flow_run_at_once(params_file: Path, prefect_harne
     assert not (params_file.parent / "data").exists()  # nothing started
 
 
-def test_serving_creates_or_keeps_the_judge_limit(prefect_harness: None) -> None:
+async def _judge_limit() -> int:
+    from prefect import get_client
+
+    from flows.distill import JUDGE_TAG
+
+    async with get_client() as client:
+        return (await client.read_concurrency_limit_by_tag(JUDGE_TAG)).concurrency_limit
+
+
+async def _clear_judge_limit() -> None:
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from flows.deploy import JUDGE_TAG, ensure_judge_limit
+    from flows.distill import JUDGE_TAG
 
-    async def limit() -> int:
-        async with get_client() as client:
-            return (await client.read_concurrency_limit_by_tag(JUDGE_TAG)).concurrency_limit
+    async with get_client() as client:
+        with contextlib.suppress(ObjectNotFound):  # none set yet
+            await client.delete_concurrency_limit_by_tag(JUDGE_TAG)
 
-    async def clear() -> None:
-        async with get_client() as client:
-            with contextlib.suppress(ObjectNotFound):  # none set yet
-                await client.delete_concurrency_limit_by_tag(JUDGE_TAG)
 
-    asyncio.run(clear())
-    assert asyncio.run(ensure_judge_limit(None)) == 1 and asyncio.run(limit()) == 1  # created
-    assert asyncio.run(ensure_judge_limit(3)) == 3 and asyncio.run(limit()) == 3  # set as asked
-    assert asyncio.run(ensure_judge_limit(None)) == 3 and asyncio.run(limit()) == 3  # kept when not asked
-    asyncio.run(clear())
+def test_serving_creates_or_keeps_the_judge_limit(prefect_harness: None) -> None:
+    from flows.deploy import ensure_judge_limit
+
+    asyncio.run(_clear_judge_limit())
+    assert asyncio.run(ensure_judge_limit(None)) == 1 and asyncio.run(_judge_limit()) == 1  # created
+    assert asyncio.run(ensure_judge_limit(3)) == 3 and asyncio.run(_judge_limit()) == 3  # set as asked
+    assert asyncio.run(ensure_judge_limit(None)) == 3 and asyncio.run(_judge_limit()) == 3  # kept when not asked
+    asyncio.run(_clear_judge_limit())
+
+
+def test_judge_tasks_take_a_slot_only_while_the_tag_has_a_limit(prefect_harness: None) -> None:
+    """Without a limit the judge tasks go untagged (each tag costs a server write, and about 2 s on SQLite); once
+    a limit is set, the next judge task carries the tag, so Prefect holds it to the limit."""
+    from flows.deploy import ensure_judge_limit
+    from flows.distill import JUDGE_TAG, stage_task, task_options
+
+    asyncio.run(_clear_judge_limit())
+    try:
+        unlimited = task_options("mine")
+        assert unlimited["tags"] == [] and unlimited["retries"] == 2  # still retried
+        assert stage_task.with_options(**unlimited).tags == set()
+        assert task_options("qa") == {}  # no judge: no retries, no tag
+        asyncio.run(ensure_judge_limit(2))
+        for name in ("teacher", "judge_check", "mine", "verify", "evaluate"):
+            assert stage_task.with_options(**task_options(name)).tags == {JUDGE_TAG}, name
+        assert task_options("train") == {}
+    finally:
+        asyncio.run(_clear_judge_limit())
