@@ -1,7 +1,7 @@
 """Where one pipeline round's time goes under `dvc repro` or the Prefect flow, and how much of it is not model work.
 
     .venv/bin/python bench/round_overhead.py [--prompts 8] [--n 4] [--judge local|scripted] [--runner dvc|prefect]
-                                             [--rounds 1] [--reload]
+                                             [--rounds 1] [--reload] [--judge-limit N]
 
 It copies the project into a temporary git+DVC repository with `--rounds` rounds at the demo settings
 (8 prompts x n=4; the judge is the demo's local SmolLM2, or with `--judge scripted` the stand-in
@@ -70,14 +70,19 @@ def through_dvc(proj: Path, env: dict[str, str], timings: Path, r: int) -> tuple
                           "dvc_and_other": wall - sum(s["seconds"] for s in stages) - startup}
 
 
-def through_prefect(proj: Path, env: dict[str, str], timings: Path, r: int
+def through_prefect(proj: Path, env: dict[str, str], timings: Path, r: int, judge_limit: int | None = None
                     ) -> tuple[float, list[dict], dict[str, float]]:
     """The whole flow in one process (`python flows/distill.py`, an ephemeral Prefect server in a fresh
     PREFECT_HOME); round r is the span from the end of the stages before it (the set-up stages, or round
     r-1's) to the end of `evaluate@r`, and its gaps between stages are Prefect's task bookkeeping plus the
-    flow's own input hashing."""
+    flow's own input hashing. With `judge_limit`, the `llm-judge` tag has that concurrency limit first, as
+    `flows/deploy.py` sets it, so every judge task takes a slot from the server."""
     env = {**env, "PREFECT_HOME": str(proj / ".prefect"), "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
+    if judge_limit is not None:  # written to PREFECT_HOME's database, which the flow's own server then reads
+        subprocess.run([sys.executable, "-c", "import asyncio, sys; from flows.deploy import ensure_judge_limit; "
+                        "asyncio.run(ensure_judge_limit(int(sys.argv[1])))", str(judge_limit)],
+                       cwd=proj, env=env, check=True, capture_output=True)
     proc = subprocess.run([sys.executable, str(ROOT / "flows" / "distill.py")], cwd=proj, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -143,6 +148,8 @@ def main() -> None:
     ap.add_argument("--runner", choices=("dvc", "prefect"), default="dvc")
     ap.add_argument("--rounds", type=int, default=1, help="run this many rounds and time the last: from the second "
                     "on, a long-lived runner (the flow) hands the policy on from the round before")
+    ap.add_argument("--judge-limit", type=int, default=None, help="with --runner prefect: give the llm-judge tag "
+                    "this concurrency limit first, as a served deployment has (each judge task then takes a slot)")
     ap.add_argument("--reload", action="store_true", help="checkpoints.in_memory: false (every stage loads the "
                     "policy from disk), to compare with the default side by side")
     args = ap.parse_args()
@@ -171,8 +178,10 @@ def main() -> None:
             for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
                 subprocess.run(cmd, cwd=proj, check=True, env=env)
             timings = proj / "data" / "runs" / ".timings" / "bench.jsonl"
-            wall, stages, orchestration = (through_dvc if args.runner == "dvc" else through_prefect)(
-                proj, env, timings, args.rounds - 1)
+            if args.runner == "dvc":
+                wall, stages, orchestration = through_dvc(proj, env, timings, args.rounds - 1)
+            else:
+                wall, stages, orchestration = through_prefect(proj, env, timings, args.rounds - 1, args.judge_limit)
             trackers = tracker_seconds(proj)
     finally:
         if server is not None:
@@ -196,7 +205,8 @@ def main() -> None:
     for k, v in trackers.items():
         print(f"  {k:<10} {v['first']:6.2f} s  {v['first'] / wall:6.2%} of the round;  warm {v['warm']:5.2f} s")
     print(json.dumps({"runner": args.runner, "judge": args.judge, "round": args.rounds - 1,
-                      "in_memory": not args.reload, "orchestration_share": round(1 - stage_s / wall, 4),
+                      "in_memory": not args.reload, "judge_limit": args.judge_limit,
+                      "orchestration_share": round(1 - stage_s / wall, 4),
                       "non_model_share": round(1 - model / wall, 4), "wall_s": round(wall, 1),
                       "model_s": round(model, 1), "breakdown_s": {k: round(v, 2) for k, v in breakdown.items()},
                       "tracking_s": {k: {m: round(x, 3) for m, x in v.items()} for k, v in trackers.items()},
