@@ -87,3 +87,18 @@ def test_rollouts_survive_the_parquet_table(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="1 log-probs for 2 tokens"):
         Rollout(prompt_id="p", sample_idx=0, text="a", token_ids=[5, 6], n_tokens=2, finish_reason="stop",
                 logprobs=[-0.25])
+
+
+def test_round_seeds_follow_both_seed_keys_and_keep_the_default_runs() -> None:
+    """`student.sampling.seed` used to be overwritten by the rollout stage, so setting it changed nothing."""
+    from ropd.params import Params
+    from ropd.rng import round_seed
+
+    def seeds(data_seed: int, sampling_seed: int) -> set[int]:
+        p = Params.model_validate({"data": {"seed": data_seed}, "student": {"sampling": {"seed": sampling_seed}}})
+        return {round_seed(p, r) for r in range(500)}
+
+    assert seeds(3, 0) == {3000 + r for r in range(500)}  # the default keeps every earlier run's rollouts
+    runs = [seeds(d, s) for d in (0, 1) for s in (0, 1, 7)]
+    assert all(len(run) == 500 for run in runs)
+    assert len(set().union(*runs)) == 500 * len(runs)  # no round of one run shares a draw with another run

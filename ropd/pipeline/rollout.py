@@ -12,6 +12,7 @@ from ropd.pipeline.launch import is_main, process_device, rank_world
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.resident import learner_config, sampling_policy
 from ropd.pipeline.run import RunPaths, messages, not_used, read_prompts, require_policy
+from ropd.rng import round_seed
 
 
 def rollout(params: Params, r: int) -> None:
@@ -32,7 +33,7 @@ def rollout(params: Params, r: int) -> None:
         device = process_device(params.student.device)
         policy = params.rounds[r].policy
         require_policy(params, paths, policy)
-        sampling = params.student.sampling.model_copy(update={"seed": params.data.seed * 1000 + r})
+        sampling = params.student.sampling.model_copy(update={"seed": round_seed(params, r)})
         chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}
         rank, world = rank_world()
         with sampling_policy(paths.checkpoint(policy), device, learner_config(params)) as (model, tokenizer):

@@ -20,7 +20,7 @@ from ropd.pipeline.run import (
     write_json,
 )
 from ropd.pipeline.timings import phase
-from ropd.rng import seeded
+from ropd.rng import round_seed, seeded
 from ropd.teacher import TeacherIndex, fingerprint
 
 
@@ -82,7 +82,7 @@ def _train_baseline(params: Params, paths: RunPaths, r: int) -> dict[str, float]
     prompts = read_prompts(paths)
     mine = prompts[prompts["round"] == r]
     chats = {row["prompt_id"]: messages(row) for _, row in mine.iterrows()}
-    seed = params.data.seed * 1000 + r
+    seed = round_seed(params, r)
     src, dst = paths.checkpoint(r), paths.checkpoint(r + 1)
     with trainer_reporting(params, r) as report_to:
         if params.method == "lopd":
