@@ -24,6 +24,8 @@ from ropd.pipeline import stages
 from ropd.testing.server import ScriptedServer
 from tests.tiny import BIN, provide_models, tiny_params
 
+pytestmark = pytest.mark.heavy(seconds=90)
+
 LR = 1e-5
 
 

@@ -18,6 +18,8 @@ from ropd.pipeline.stages import RunPaths, run_all
 from ropd.testing.server import ScriptedServer
 from tests.tiny import tiny_params
 
+pytestmark = pytest.mark.heavy(seconds=200)
+
 
 @pytest.fixture(scope="module")
 def project(module_tmp: Path, smollm2_dir: Path) -> Iterator[tuple[Path, ScriptedServer]]:

@@ -22,6 +22,8 @@ from ropd.testing.server import ScriptedServer
 from ropd.tracking import HEADLINE
 from tests.tiny import BIN, dvc, make_project, project_env
 
+pytestmark = pytest.mark.heavy(seconds=470)
+
 
 @pytest.fixture(scope="module")
 def judge() -> Iterator[ScriptedServer]:

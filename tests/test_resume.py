@@ -19,6 +19,8 @@ import pytest
 from ropd.testing.server import ScriptedServer
 from tests.tiny import BIN, make_project, project_env
 
+pytestmark = pytest.mark.heavy(seconds=110)
+
 GROUPS = 4
 
 
