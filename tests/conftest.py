@@ -28,7 +28,7 @@ def run(coro: Coroutine[Any, Any, T], *extra: OpenAICompatChat) -> T:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files marked `heavy(seconds=…)` first, longest first, so that `make test`'s workers start them at once.
 
-    xdist's own order is by test count, which queued the two-test, 8-minute end-to-end file last and left
+    xdist's own order is by test count, which queued the two-test end-to-end file, the longest, last and left
     one worker idle while the other ran it. The sort is stable: a file's tests stay together and in order.
     """
     def seconds(item: pytest.Item) -> float:

@@ -24,7 +24,7 @@ from ropd.pipeline import stages
 from ropd.testing.server import ScriptedServer
 from tests.tiny import BIN, provide_models, tiny_params
 
-pytestmark = pytest.mark.heavy(seconds=90)
+pytestmark = pytest.mark.heavy(seconds=125)
 
 LR = 1e-5
 

@@ -28,7 +28,7 @@ from ropd.testing.server import ScriptedServer
 from ropd.train.grpo import load_policy
 from tests.tiny import provide_models, tiny_params
 
-pytestmark = pytest.mark.heavy(seconds=170)
+pytestmark = pytest.mark.heavy(seconds=210)
 
 ROUNDS, PROMPTS, N, TOKENS = 3, 2, 8, 32
 

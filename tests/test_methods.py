@@ -18,7 +18,7 @@ from ropd.pipeline.stages import RunPaths, run_all
 from ropd.testing.server import ScriptedServer
 from tests.tiny import tiny_params
 
-pytestmark = pytest.mark.heavy(seconds=200)
+pytestmark = pytest.mark.heavy(seconds=160)
 
 
 @pytest.fixture(scope="module")

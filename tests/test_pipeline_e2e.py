@@ -22,7 +22,7 @@ from ropd.testing.server import ScriptedServer
 from ropd.tracking import HEADLINE
 from tests.tiny import BIN, dvc, make_project, project_env
 
-pytestmark = pytest.mark.heavy(seconds=470)
+pytestmark = pytest.mark.heavy(seconds=740)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from ropd.testing.server import ScriptedServer
 from tests.tiny import BIN, make_project, project_env
 
-pytestmark = pytest.mark.heavy(seconds=110)
+pytestmark = pytest.mark.heavy(seconds=115)
 
 GROUPS = 4
 

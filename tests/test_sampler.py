@@ -13,8 +13,6 @@ from ropd.rollout.base import encode_prompt
 from ropd.rollout.hf_sampler import TransformersSampler
 from ropd.train.grpo import _pad_batch, build_samples, token_logprobs
 
-pytestmark = pytest.mark.heavy(seconds=95)
-
 PROMPTS = {
     "p1": [{"role": "user", "content": "What is 3 times 12?"}],
     "p2": [{"role": "user", "content": "Name a colour."}],
