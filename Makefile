@@ -25,9 +25,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	# two workers, a test file each: a file's module fixtures are built once; --no-loadscope-reorder keeps
-	# the collection order, heavy files first (tests/conftest.py); --durations lists the slowest
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	# two workers, a test file each: a file's module fixtures are built once; --durations lists the slowest
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

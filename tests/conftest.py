@@ -25,19 +25,6 @@ def run(coro: Coroutine[Any, Any, T], *extra: OpenAICompatChat) -> T:
     return run_closing(coro, *OPEN_CHATS, *extra)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files marked `heavy(seconds=…)` first, longest first, so that `make test`'s workers start them at once.
-
-    xdist's own order is by test count, which queued the two-test end-to-end file, the longest, last and left
-    one worker idle while the other ran it. The sort is stable: a file's tests stay together and in order.
-    """
-    def seconds(item: pytest.Item) -> float:
-        mark = item.get_closest_marker("heavy")
-        return mark.kwargs["seconds"] if mark else 0.0
-
-    items.sort(key=lambda item: -seconds(item))
-
-
 FAST = dict(backoff_initial_s=0.01, backoff_max_s=0.05, timeout_s=5.0)
 
 

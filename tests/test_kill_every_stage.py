@@ -23,8 +23,6 @@ from ropd.testing.server import ScriptedServer
 from tests.test_resume import in_process, served_twice, tree_hash
 from tests.tiny import BIN, make_project, project_env
 
-pytestmark = pytest.mark.heavy(seconds=200)
-
 KILLPOINT = Path(__file__).with_name("killpoint.py")
 RUN = Path("data/runs/tiny")
 

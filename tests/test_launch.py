@@ -24,8 +24,6 @@ from ropd.pipeline import stages
 from ropd.testing.server import ScriptedServer
 from tests.tiny import BIN, provide_models, tiny_params
 
-pytestmark = pytest.mark.heavy(seconds=125)
-
 LR = 1e-5
 
 

@@ -28,8 +28,6 @@ from ropd.testing.server import ScriptedServer
 from ropd.train.grpo import load_policy
 from tests.tiny import provide_models, tiny_params
 
-pytestmark = pytest.mark.heavy(seconds=210)
-
 ROUNDS, PROMPTS, N, TOKENS = 3, 2, 8, 32
 
 

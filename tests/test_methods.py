@@ -18,8 +18,6 @@ from ropd.pipeline.stages import RunPaths, run_all
 from ropd.testing.server import ScriptedServer
 from tests.tiny import tiny_params
 
-pytestmark = pytest.mark.heavy(seconds=160)
-
 
 @pytest.fixture(scope="module")
 def project(module_tmp: Path, smollm2_dir: Path) -> Iterator[tuple[Path, ScriptedServer]]:

@@ -22,8 +22,6 @@ from ropd.testing.server import ScriptedServer
 from ropd.tracking import HEADLINE
 from tests.tiny import BIN, dvc, make_project, project_env
 
-pytestmark = pytest.mark.heavy(seconds=740)
-
 
 @pytest.fixture(scope="module")
 def judge() -> Iterator[ScriptedServer]:

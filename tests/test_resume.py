@@ -19,8 +19,6 @@ import pytest
 from ropd.testing.server import ScriptedServer
 from tests.tiny import BIN, make_project, project_env
 
-pytestmark = pytest.mark.heavy(seconds=115)
-
 GROUPS = 4
 
 

@@ -27,8 +27,6 @@ from ropd.store.tables import TABLES, create_schema, load_round, round_dirs
 from ropd.testing.server import Fail, ScriptedServer
 from tests.conftest import FAST, run
 
-pytestmark = pytest.mark.heavy(seconds=65)
-
 STEP_TABLES = ("rollouts", "rubrics", "criteria", "judgements", "rewards", "rubric_failures")
 
 
