@@ -10,10 +10,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ropd.params import Params
 
 _GLOBAL_RNG = threading.Lock()
 
@@ -25,12 +21,3 @@ def seeded(seed: int) -> Iterator[None]:
     with _GLOBAL_RNG:
         torch.manual_seed(seed)
         yield
-
-
-def round_seed(params: Params, r: int) -> int:
-    """Round r's sampling seed: a new draw each round, moved by `data.seed` and `student.sampling.seed`.
-
-    `student.sampling.seed` enters with a factor that `data.seed · 1000 + r` never reaches in practice,
-    so its default (0) keeps every earlier run's seeds and any other value gives a run of its own.
-    """
-    return params.student.sampling.seed * 1_000_003 + params.data.seed * 1000 + r

@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ropd.params import StudentParams
+from ropd.params import Params, StudentParams
+from ropd.pipeline.run import round_seed
 from ropd.rollout import Rollout, SamplingParams, make_sampler
 from ropd.rollout.base import encode_prompt
 from ropd.rollout.hf_sampler import TransformersSampler
@@ -91,9 +92,6 @@ def test_rollouts_survive_the_parquet_table(tmp_path: Path) -> None:
 
 def test_round_seeds_follow_both_seed_keys_and_keep_the_default_runs() -> None:
     """`student.sampling.seed` used to be overwritten by the rollout stage, so setting it changed nothing."""
-    from ropd.params import Params
-    from ropd.rng import round_seed
-
     def seeds(data_seed: int, sampling_seed: int) -> set[int]:
         p = Params.model_validate({"data": {"seed": data_seed}, "student": {"sampling": {"seed": sampling_seed}}})
         return {round_seed(p, r) for r in range(500)}

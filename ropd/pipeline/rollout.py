@@ -11,8 +11,7 @@ from ropd.pipeline.data import pool_too_small
 from ropd.pipeline.launch import is_main, process_device, rank_world
 from ropd.pipeline.lock import run_lock
 from ropd.pipeline.resident import learner_config, sampling_policy
-from ropd.pipeline.run import RunPaths, messages, not_used, read_prompts, require_policy
-from ropd.rng import round_seed
+from ropd.pipeline.run import RunPaths, messages, not_used, read_prompts, require_policy, round_seed
 
 
 def rollout(params: Params, r: int) -> None:

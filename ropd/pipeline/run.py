@@ -117,6 +117,15 @@ def messages(row: Any) -> list[dict[str, str]]:
     return json.loads(row["messages"])
 
 
+def round_seed(params: Params, r: int) -> int:
+    """Round r's sampling seed: a new draw each round, moved by `data.seed` and `student.sampling.seed`.
+
+    `student.sampling.seed` enters with a factor that `data.seed · 1000 + r` never reaches in practice,
+    so its default (0) keeps every earlier run's seeds and any other value gives a run of its own.
+    """
+    return params.student.sampling.seed * 1_000_003 + params.data.seed * 1000 + r
+
+
 def judge_resources(params: Params, stage: str, r: int | None = None) -> tuple[CallCache, CallLimiter]:
     """The call cache, tagging the calls it pays for with (run, round, stage), and the stage's one limiter."""
     return CallCache(CACHE_FILE, CallTag(run_id=params.run_id, round=r, stage=stage)), CallLimiter(params.limits)

@@ -15,12 +15,13 @@ from ropd.pipeline.run import (
     publish_policy,
     read_prompts,
     require_policy,
+    round_seed,
     stop,
     teacher_role,
     write_json,
 )
 from ropd.pipeline.timings import phase
-from ropd.rng import round_seed, seeded
+from ropd.rng import seeded
 from ropd.teacher import TeacherIndex, fingerprint
 
 
